@@ -1,0 +1,71 @@
+"""Errors raised by the runtime. Everything derives from :class:`CtxplaneError`."""
+
+from __future__ import annotations
+
+__all__ = (
+    "ActorFailed",
+    "ActorUnavailable",
+    "AskTimeout",
+    "BrokenMailbox",
+    "ClosedMailbox",
+    "ConfigError",
+    "CtxplaneError",
+    "IllegalTransition",
+    "MailboxFull",
+    "StoreError",
+    "StoreUnavailable",
+    "SupervisorEscalation",
+    "UsageError",
+)
+
+
+class CtxplaneError(Exception):
+    """Root of every error ctxplane raises on purpose."""
+
+
+class UsageError(CtxplaneError):
+    """A user mistake on the command line or in a file they named (exit code 2)."""
+
+
+class ConfigError(UsageError):
+    """The configuration is invalid; the message names the key and what is wrong."""
+
+
+class ClosedMailbox(CtxplaneError):
+    """Raised by a mailbox operation after *this side* closed the mailbox."""
+
+
+class BrokenMailbox(CtxplaneError):
+    """Raised when the peer is gone: the receiving actor stopped or crashed."""
+
+
+class MailboxFull(CtxplaneError):
+    """Raised by the non-waiting put when the mailbox is at capacity."""
+
+
+class ActorUnavailable(BrokenMailbox):
+    """The named actor is not running (not started yet, restarting, or stopped)."""
+
+
+class ActorFailed(CtxplaneError):
+    """An ``ask`` could not be answered because the actor crashed while handling it."""
+
+
+class AskTimeout(CtxplaneError, TimeoutError):
+    """An ``ask`` got no reply within its timeout."""
+
+
+class IllegalTransition(CtxplaneError):
+    """An actor lifecycle transition that the lifecycle table does not allow."""
+
+
+class SupervisorEscalation(CtxplaneError):
+    """A supervisor exceeded its restart intensity and gives up to its parent."""
+
+
+class StoreError(CtxplaneError):
+    """A storage problem that is not about availability (schema, constraint, corruption)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; retrying later may succeed."""
