@@ -1,0 +1,91 @@
+"""``ctxplane run``: build the process-scoped resources, run the supervision tree, stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import AsyncExitStack
+
+import anyio
+import structlog
+
+from actors._progress import IngestProgress
+from actors._tree import AppContext, build_root
+from runtime.bus import EventBus, FileBus
+from runtime.exceptions import UsageError
+from runtime.kernel import Registry
+from runtime.settings import Settings, redact_dsn
+from runtime.store import StoreBackend, open_store
+
+__all__ = ("open_bus", "run_process", "scope_of")
+
+log = structlog.get_logger("ctxplane.run")
+
+
+def scope_of(settings: Settings) -> str:
+    """Checkpoint scope: the pinned run, or ``*`` when the process accepts any run."""
+    return settings.run.platform_run_id or "*"
+
+
+def open_bus(settings: Settings) -> EventBus:
+    if settings.bus.kind == "file":
+        return FileBus(settings.bus.root, start_position=settings.bus.start_position)
+    raise UsageError("bus.kind: kinesis is not available in this build")
+
+
+async def open_ready_store(settings: Settings) -> StoreBackend:
+    store = await open_store(settings.store)
+    try:
+        await store.ensure_schema(auto_migrate=settings.store.auto_migrate)
+    except BaseException:
+        await store.aclose()
+        raise
+    return store
+
+
+async def run_process(settings: Settings, *, once: bool = False) -> None:
+    """Run the supervisor until SIGINT/SIGTERM (or, with ``once``, until every partition is drained)."""
+    async with AsyncExitStack() as stack:
+        if settings.store.backend == "sqlite":
+            from runtime.store._sqlite import SqliteLock
+
+            lock = SqliteLock(settings.store.sqlite_path)
+            lock.acquire()
+            stack.callback(lock.release)
+        read_store = await open_ready_store(settings)
+        stack.push_async_callback(read_store.aclose)
+        bus = open_bus(settings)
+        stack.push_async_callback(bus.aclose)
+        partitions: dict[tuple[str, int], str] = {}
+        for topic, plane in settings.topics().items():
+            for partition in await bus.list_partitions(topic):
+                partitions[(topic, partition)] = plane
+        app = AppContext(
+            settings=settings, bus=bus, read_store=read_store, registry=Registry(),
+            progress=IngestProgress(set(partitions)), scope=scope_of(settings), partitions=partitions,
+        )
+        from actors._feature_plane import build_feature_plane
+
+        app.features = build_feature_plane(settings) if settings.features.enabled else None
+        root = build_root(app)
+        log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
+                 partitions=len(partitions), once=once)
+        async with anyio.create_task_group() as tg:
+            await tg.start(root.run)
+            log.info("running", listen=settings.query.listen)
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        break
+                await root.stop()
+
+            if once:
+                tg.start_soon(stop_on_signal)
+                await app.progress.wait_all_idle()
+                log.info("drained every partition; stopping")
+                await root.stop()
+            else:
+                await stop_on_signal()
+            tg.cancel_scope.cancel()
+        log.info("stopped")

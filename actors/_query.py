@@ -1,0 +1,218 @@
+"""The query actor: the socket endpoint DF/DL ask, answering from one store snapshot per request.
+
+Its mailbox carries ``Committed`` announcements from the store-writer; they wake ``wait_ms`` waiters
+(a request whose answer is not READY yet waits for a commit touching its flow or frame, not for a
+poll of the store). Requests arrive over the socket (:class:`runtime.server.LineServer`); each is
+bounded by its deadline, and requests beyond ``query.max_pending`` are answered OVERLOADED at once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from actors._reads import basis_program, join_snapshot_program
+from contracts._join import JOIN_OPS, JoinRequest, answer_join, invalid_join_answer, parse_join_request
+from contracts._messages import Committed
+from contracts._reasons import Reason
+from contracts._time import now_utc
+from runtime.exceptions import AskTimeout, ActorUnavailable, StoreError, StoreUnavailable
+from runtime.kernel import Actor, ActorContext, ActorRef
+from runtime.server import LineServer, error_response
+from runtime.settings import QuerySettings
+from runtime.store import StoreBackend
+
+__all__ = ("QueryActor",)
+
+log = structlog.get_logger("ctxplane.query")
+
+OpHandler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
+
+
+class QueryActor(Actor):
+    def __init__(
+        self,
+        settings: QuerySettings,
+        *,
+        store: StoreBackend,
+        scope: str,
+        required_roles: tuple[str, ...],
+        checkpoint: ActorRef,
+        health: ActorRef,
+        features: Any = None,
+        observer: Any = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._scope = scope
+        self._required_roles = required_roles
+        self._checkpoint = checkpoint
+        self._health = health
+        self._features = features
+        self._observer = observer
+        self._pending = anyio.CapacityLimiter(settings.max_pending)
+        self._waiters: dict[tuple[Any, ...], set[anyio.Event]] = defaultdict(set)
+        self._any_commit: set[anyio.Event] = set()
+        self._ops: dict[str, OpHandler] = {
+            "resolve_flow_binding": self._join,
+            "fetch_join_frame": self._join,
+            "basis": self._basis,
+            "health": self._health_op,
+        }
+        if features is not None:
+            self._ops["get_features"] = self._get_features
+
+    async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        s = self._settings
+        server = LineServer(s.listen, self.handle, max_line=s.max_request_bytes, max_connections=s.max_connections,
+                            idle_timeout_s=s.idle_timeout_s, auth_token=s.auth_token)
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.serve)
+            await self.started(ctx)
+            task_status.started()
+            log.info("query endpoint listening", listen=s.listen)
+            while True:
+                message = await ctx.mailbox.get()
+                if ctx.is_stop(message):
+                    break
+                payload, reply = ctx.unwrap(message)
+                if type(payload) is Committed:
+                    self._wake(payload)
+                if reply is not None:
+                    reply.send({"waiters": sum(len(v) for v in self._waiters.values())})
+            tg.cancel_scope.cancel()
+        await self.stopping()
+
+    # -- commit notifications ---------------------------------------------------------------
+
+    def _wake(self, committed: Committed) -> None:
+        for flow in committed.touched_flows:
+            for event in self._waiters.pop(("flow", *flow), ()):
+                event.set()
+        for frame in committed.touched_frames:
+            for event in self._waiters.pop(("frame", *frame), ()):
+                event.set()
+        if committed.positions:
+            for event in self._any_commit:
+                event.set()
+            self._any_commit.clear()
+
+    async def _wait_for(self, keys: list[tuple[Any, ...]], any_commit: bool) -> None:
+        event = anyio.Event()
+        for key in keys:
+            self._waiters[key].add(event)
+        if any_commit:
+            self._any_commit.add(event)
+        try:
+            await event.wait()
+        finally:
+            for key in keys:
+                waiting = self._waiters.get(key)
+                if waiting is not None:
+                    waiting.discard(event)
+                    if not waiting:
+                        del self._waiters[key]
+            self._any_commit.discard(event)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request (called by the socket server, one call per request line)."""
+        started = anyio.current_time()
+        op = request.get("op") or request.get("query_kind")
+        request_id = request.get("request_id")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            known = ", ".join(sorted(self._ops))
+            return error_response("INVALID_REQUEST", f"unknown op {op!r}; known ops: {known}", request_id=request_id)
+        deadline_ms = request.get("deadline_ms", self._settings.default_deadline_ms)
+        if type(deadline_ms) is not int or deadline_ms <= 0:
+            return self._failure(op, request, Reason.INVALID_REQUEST, "deadline_ms must be a positive integer", retryable=False)
+        try:
+            self._pending.acquire_nowait()
+        except anyio.WouldBlock:
+            return self._failure(op, request, Reason.OVERLOADED, "too many requests in progress", retryable=True)
+        try:
+            with anyio.move_on_after(deadline_ms / 1000):
+                response = await handler(request, deadline_ms / 1000)
+                self._observe(op, response, started)
+                return response
+            response = self._failure(op, request, Reason.DEADLINE_EXCEEDED, f"no answer within {deadline_ms} ms", retryable=True)
+        except StoreUnavailable as exc:
+            response = self._failure(op, request, Reason.STORE_UNAVAILABLE, str(exc), retryable=True)
+        except StoreError as exc:
+            log.error("store error while answering", op=op, error=str(exc))
+            response = self._failure(op, request, Reason.STORE_UNAVAILABLE, "store error", retryable=True)
+        finally:
+            self._pending.release()
+        self._observe(op, response, started)
+        return response
+
+    def _observe(self, op: str, response: dict[str, Any], started: float) -> None:
+        if self._observer is not None:
+            self._observer.on_query(op, response.get("status", "?"), anyio.current_time() - started)
+
+    def _failure(self, op: str, request: dict[str, Any], reason: Reason, detail: str, *, retryable: bool) -> dict[str, Any]:
+        request_id = request.get("request_id")
+        if op in JOIN_OPS:
+            status = "INVALID_REQUEST" if reason is Reason.INVALID_REQUEST else "UNAVAILABLE"
+            return {"request_id": request_id, "status": status, "reason_codes": [reason.value], "detail": detail,
+                    "retryable": retryable, "pins": request.get("pins"), "resolved_at_utc": now_utc()}
+        code = {Reason.INVALID_REQUEST: "INVALID_REQUEST"}.get(reason, "UNAVAILABLE")
+        return {**error_response(code, detail, request_id=request_id, retryable=retryable), "reason": reason.value}
+
+    async def _lag(self) -> dict[str, Any] | None:
+        try:
+            snap = await self._checkpoint.ask("positions", timeout=0.2)
+        except (AskTimeout, ActorUnavailable):
+            return None
+        parts = [p for p in snap["partitions"] if p["plane"] == "join"]  # type: ignore[index]
+        lags = [p["lag"] for p in parts if p["lag"] is not None]
+        return {"partitions": len(parts), "total_lag": sum(lags) if lags else None}
+
+    async def _join(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+        parsed = parse_join_request(request, max_wait_ms=int(deadline_s * 1000))
+        if not isinstance(parsed, JoinRequest):
+            detail, request_id = parsed
+            return invalid_join_answer(detail, request, request_id, resolved_at=now_utc())
+        until = anyio.current_time() + parsed.wait_ms / 1000
+        while True:
+            snap = await self._store.read(join_snapshot_program(parsed, scope=self._scope))
+            answer = answer_join(parsed, snap, resolved_at=now_utc(), required_roles=self._required_roles)
+            status_ready = answer["status"] not in ("MISSING_BINDING", "MISSING_JOIN_FRAME")
+            remaining = until - anyio.current_time()
+            if status_ready or remaining <= 0:
+                if not status_ready:
+                    answer["lag"] = await self._lag()
+                return answer
+            keys: list[tuple[Any, ...]] = []
+            if parsed.flow_id is not None:
+                keys.append(("flow", parsed.pins["platform_run_id"], parsed.pins["scenario_run_id"], parsed.flow_id))
+            key = answer.get("join_frame_key")
+            if key is not None:
+                keys.append(("frame", key["platform_run_id"], key["scenario_run_id"], key["merchant_id"], key["arrival_seq"]))
+            with anyio.move_on_after(remaining):
+                await self._wait_for(keys, any_commit=False)
+
+    async def _basis(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+        plane = request.get("plane")
+        if plane not in (None, "join", "features"):
+            return error_response("INVALID_REQUEST", "plane must be join or features", request_id=request.get("request_id"))
+        planes = (plane,) if plane else ("join", "features")
+        bases = await self._store.read(basis_program(self._scope, planes))
+        return {"status": "OK", "request_id": request.get("request_id"), "served_at_utc": now_utc(), "planes": bases}
+
+    async def _health_op(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+        try:
+            report = await self._health.ask("report", timeout=max(0.05, deadline_s * 0.8))
+        except (AskTimeout, ActorUnavailable) as exc:
+            return {"status": "OK", "request_id": request.get("request_id"), "health": {"state": "RED", "reasons": ["HEALTH_UNAVAILABLE"], "detail": str(exc)}}
+        return {"status": "OK", "request_id": request.get("request_id"), "health": report}
+
+    async def _get_features(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+        return await self._features.answer(self, request, deadline_s)  # type: ignore[no-any-return]

@@ -1,0 +1,164 @@
+"""The store-writer: owns the write connection, group-commits ApplyBatches, acks after commit.
+
+Commit protocol, per group commit (steps match the code):
+  1. take one ApplyBatch, then drain whatever else is already queued (up to a record cap) —
+     group commit is the main throughput lever;
+  2. run the apply program over all of them in one transaction (begin, write, commit);
+  3. on StoreUnavailable, keep the batches and retry with capped exponential backoff: no ack, no
+     loss, no crash loop — partition actors stall on backpressure meanwhile;
+  4. after the commit returned, reply ``Applied`` to each batch's sender, in order;
+  5. announce ``Committed`` to the checkpoint and query actors (wakes ``wait_ms`` waiters).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from actors._apply import ApplyOutcome, FeatureWriter, apply_program
+from contracts._messages import ApplyBatch, Applied, Committed
+from contracts._time import now_utc
+from runtime.exceptions import ActorUnavailable, StoreUnavailable
+from runtime.kernel import Actor, ActorContext, ActorRef
+from runtime.store import StoreBackend
+
+__all__ = ("StoreWriter", "StoreWriterConfig")
+
+log = structlog.get_logger("ctxplane.store_writer")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreWriterConfig:
+    group_commit_max_records: int
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 2.0
+
+
+class StoreWriter(Actor):
+    def __init__(
+        self,
+        config: StoreWriterConfig,
+        *,
+        open_store: Callable[[], Any],
+        subscribers: tuple[ActorRef, ...],
+        features: FeatureWriter | None = None,
+        observer: Any = None,
+    ) -> None:
+        self.config = config
+        self._open_store = open_store
+        self._subscribers = subscribers
+        self._features = features
+        self._observer = observer
+        self._store: StoreBackend | None = None
+        self._commit_seq = 0
+        self.available = True
+
+    async def started(self, ctx: ActorContext) -> None:
+        self._store = await self._connect()
+
+    async def _connect(self) -> StoreBackend:
+        delay = self.config.retry_initial_s
+        while True:
+            try:
+                return await self._open_store()  # type: ignore[no-any-return]
+            except StoreUnavailable as exc:
+                self._set_available(False, str(exc))
+                await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
+                delay = min(delay * 2, self.config.retry_max_s)
+
+    async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.started(ctx)
+        task_status.started()
+        try:
+            stop = False
+            while not stop:
+                first = await ctx.mailbox.get()
+                if ctx.is_stop(first):
+                    break
+                # Step 1: one batch, plus whatever is already queued.
+                batches, stop = self._drain(ctx, first)
+                if batches:
+                    await self._commit(batches)
+            await self.stopping()
+        finally:
+            if self._store is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._store.aclose()
+
+    def _drain(self, ctx: ActorContext, first: object) -> tuple[list[ApplyBatch], bool]:
+        batches: list[ApplyBatch] = []
+        records = 0
+        message: object = first
+        while True:
+            payload, reply = ctx.unwrap(message)
+            if reply is not None:
+                reply.send({"commit_seq": self._commit_seq, "available": self.available})
+            elif type(payload) is ApplyBatch:
+                batches.append(payload)
+                records += len(payload.verdicts)
+            if records >= self.config.group_commit_max_records:
+                return batches, False
+            try:
+                message = ctx.mailbox.get_nowait()
+            except anyio.WouldBlock:
+                return batches, False
+            if ctx.is_stop(message):
+                return batches, True
+
+    async def _commit(self, batches: list[ApplyBatch]) -> None:
+        # Steps 2-3: one transaction; retry while the store is unavailable, holding the batches.
+        delay = self.config.retry_initial_s
+        started = anyio.current_time()
+        while True:
+            assert self._store is not None
+            try:
+                outcome = await self._store.write(
+                    apply_program(batches, recorded_at=now_utc(), features=self._features)
+                )
+                break
+            except StoreUnavailable as exc:
+                self._set_available(False, str(exc))
+                log.warning("store unavailable; holding batches and retrying", error=str(exc),
+                            batches=len(batches), retry_in_s=round(delay, 3))
+                await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
+                delay = min(delay * 2, self.config.retry_max_s)
+        self._set_available(True, None)
+        self._commit_seq += 1
+        if self._observer is not None:
+            self._observer.on_commit(batches, outcome, anyio.current_time() - started)
+        # Step 4: acknowledge, in order, only after the commit returned.
+        for batch in batches:
+            try:
+                await batch.reply_to.tell(Applied(batch.topic, batch.partition, batch.seq, batch.next_offset))
+            except ActorUnavailable:
+                pass  # the sender restarted; it resumes from the committed checkpoint
+        # Step 5: announce.
+        await self._announce(outcome)
+
+    async def _announce(self, outcome: ApplyOutcome) -> None:
+        committed = Committed(
+            commit_seq=self._commit_seq,
+            positions=tuple(outcome.positions),
+            touched_flows=frozenset(outcome.touched_flows),
+            touched_frames=frozenset(outcome.touched_frames),
+            counts=dict(outcome.counts),
+        )
+        for ref in self._subscribers:
+            try:
+                await ref.tell(committed)
+            except ActorUnavailable:
+                pass  # a restarting subscriber rehydrates from the store
+
+    def _set_available(self, available: bool, error: str | None) -> None:
+        if available != self.available:
+            self.available = available
+            if available:
+                log.info("store available again")
+            if self._observer is not None:
+                self._observer.on_store_available(available)

@@ -1,0 +1,197 @@
+"""The supervision tree of one ``ctxplane run`` process (architecture.md §Supervision tree).
+
+    root (rest_for_one)
+    ├── store-writer        owns the write connection; group commits; acks; announces Committed
+    ├── checkpoint          committed offsets, watermarks, lag per partition
+    ├── partitions (one_for_one)
+    │   ├── discovery       starts partition actors for partitions that appear later
+    │   └── partition:<topic>:<n> × N
+    ├── query               socket endpoint; wait_ms waiters woken by Committed
+    └── health              GREEN / AMBER / RED
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+
+from actors._apply import FeatureWriter
+from actors._checkpoint import CheckpointActor
+from actors._health import HealthActor
+from actors._partition import PartitionActor, PartitionConfig
+from actors._progress import IngestProgress
+from actors._query import QueryActor
+from actors._store_writer import StoreWriter, StoreWriterConfig
+from contracts._classes import Plane
+from contracts._intake import IntakeRules
+from runtime.bus import EventBus
+from runtime.exceptions import ActorNameTaken, BusError, SupervisorStopped
+from runtime.kernel import Actor, ActorContext, Backoff, ChildSpec, Intensity, Registry, Restart, Strategy, Supervisor
+from runtime.settings import Settings
+from runtime.store import StoreBackend, open_store
+
+__all__ = ("AppContext", "build_root", "partition_name")
+
+log = structlog.get_logger("ctxplane.tree")
+
+STORE_WRITER = "store-writer"
+CHECKPOINT = "checkpoint"
+QUERY = "query"
+HEALTH = "health"
+
+
+def partition_name(topic: str, partition: int) -> str:
+    return f"partition:{topic}:{partition}"
+
+
+@dataclass
+class AppContext:
+    """Process-scoped resources shared by the tree (built once by ``run``, closed after it)."""
+
+    settings: Settings
+    bus: EventBus
+    read_store: StoreBackend
+    registry: Registry
+    progress: IngestProgress
+    scope: str
+    partitions: dict[tuple[str, int], str]  # (topic, partition) -> plane
+    features: Any = None  # the feature plane (writer + query answerer), when enabled
+    observer: Any = None  # metrics observer
+    store_available: list[bool] = field(default_factory=lambda: [True])
+    rules_factory: Callable[[Plane, str], IntakeRules] | None = None
+
+
+def _rules(app: AppContext, plane: Plane) -> IntakeRules:
+    s = app.settings
+    if plane is Plane.JOIN:
+        return IntakeRules(Plane.JOIN, frozenset(s.join_plane.topics), required_run=s.run.platform_run_id)
+    feature_plane = app.features
+    return IntakeRules(
+        Plane.FEATURES,
+        frozenset(s.features.topics),
+        required_run=s.run.platform_run_id,
+        feature_key_types=feature_plane.key_types if feature_plane is not None else (),
+        parse_amount=feature_plane.parse_amount if feature_plane is not None else None,
+    )
+
+
+def _partition_spec(app: AppContext, topic: str, partition: int, plane: str) -> ChildSpec:
+    s = app.settings
+    lateness = s.join_plane.allowed_lateness_s if plane == "join" else s.features.allowed_lateness_s
+    config = PartitionConfig(
+        plane=Plane(plane), scope=app.scope, topic=topic, partition=partition,
+        batch_max_records=s.ingest.batch_max_records, batch_max_bytes=s.ingest.batch_max_bytes,
+        inflight_batches=s.ingest.inflight_batches, poll_interval_s=s.ingest.poll_interval_ms / 1000,
+        allowed_lateness_us=int(lateness * 1_000_000),
+    )
+    return ChildSpec(
+        name=partition_name(topic, partition),
+        factory=lambda: PartitionActor(
+            config, bus=app.bus, store=app.read_store, rules=_rules(app, Plane(plane)),
+            writer=app.registry.ref(STORE_WRITER), progress=app.progress,
+        ),
+        # Acks (at most inflight_batches) plus a stop sentinel and a few status asks.
+        mailbox_capacity=s.ingest.inflight_batches + 8,
+        shutdown_timeout=30.0,
+    )
+
+
+class DiscoveryActor(Actor):
+    """Starts partition actors for topics/partitions that appear after start (e.g. a topic created later)."""
+
+    def __init__(self, app: AppContext, supervisor: Callable[[], Supervisor], interval_s: float = 1.0) -> None:
+        self._app = app
+        self._supervisor = supervisor
+        self._interval_s = interval_s
+
+    async def run(self, ctx: ActorContext, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        topics = self._app.settings.topics()
+        while not ctx.stop_requested.is_set():
+            with anyio.move_on_after(self._interval_s):
+                message = await ctx.mailbox.get()
+                if ctx.is_stop(message):
+                    break
+            for topic, plane in topics.items():
+                try:
+                    found = await self._app.bus.list_partitions(topic)
+                except (BusError, OSError) as exc:
+                    log.warning("cannot list partitions", topic=topic, error=str(exc))
+                    continue
+                for partition in found:
+                    if (topic, partition) in self._app.partitions:
+                        continue
+                    self._app.partitions[(topic, partition)] = plane
+                    try:
+                        await self._supervisor().start_child(_partition_spec(self._app, topic, partition, plane))
+                    except (SupervisorStopped, ActorNameTaken):
+                        return
+                    log.info("new partition discovered", topic=topic, partition=partition)
+
+    async def receive(self, message: object) -> object:  # pragma: no cover - run() handles the mailbox
+        return None
+
+
+def _partitions_supervisor(app: AppContext) -> Supervisor:
+    holder: list[Supervisor] = []
+    children = [ChildSpec(name="discovery", factory=lambda: DiscoveryActor(app, lambda: holder[0]), mailbox_capacity=4)]
+    children += [_partition_spec(app, topic, partition, plane) for (topic, partition), plane in sorted(app.partitions.items())]
+    sup = Supervisor(
+        "partitions", children, strategy=Strategy.ONE_FOR_ONE, registry=app.registry,
+        intensity=Intensity(max_restarts=10, period=10.0), observer=app.observer,
+    )
+    holder.append(sup)
+    return sup
+
+
+def build_root(app: AppContext) -> Supervisor:
+    s = app.settings
+    registry = app.registry
+
+    def open_writer_store() -> Any:
+        return open_store(s.store)
+
+    def store_writer() -> StoreWriter:
+        writer = StoreWriter(
+            StoreWriterConfig(group_commit_max_records=s.ingest.group_commit_max_records),
+            open_store=open_writer_store,
+            subscribers=(registry.ref(CHECKPOINT), registry.ref(QUERY)),
+            features=app.features.writer if app.features is not None else None,
+            observer=app.observer,
+        )
+        return writer
+
+    def checkpoint() -> CheckpointActor:
+        return CheckpointActor(store=app.read_store, bus=app.bus, scope=app.scope, partitions=dict(app.partitions))
+
+    def query() -> QueryActor:
+        return QueryActor(
+            s.query, store=app.read_store, scope=app.scope, required_roles=tuple(s.join_plane.required_roles),
+            checkpoint=registry.ref(CHECKPOINT), health=registry.ref(HEALTH), features=app.features,
+            observer=app.observer,
+        )
+
+    def health() -> HealthActor:
+        return HealthActor(checkpoint=registry.ref(CHECKPOINT), registry=registry,
+                           store_available=lambda: app.store_available[0])
+
+    children = [
+        ChildSpec(STORE_WRITER, store_writer, mailbox_capacity=s.ingest.store_writer_mailbox, shutdown_timeout=30.0),
+        ChildSpec(CHECKPOINT, checkpoint, mailbox_capacity=256),
+        ChildSpec("partitions", lambda: _partitions_supervisor(app), shutdown_timeout=60.0),
+        ChildSpec(QUERY, query, mailbox_capacity=256),
+        ChildSpec(HEALTH, health, mailbox_capacity=64),
+    ]
+    return Supervisor(
+        "root", children, strategy=Strategy.REST_FOR_ONE, registry=registry,
+        intensity=Intensity(max_restarts=5, period=30.0), backoff=Backoff(initial=0.1, maximum=5.0),
+        observer=app.observer,
+    )
+
+
+_ = FeatureWriter
+_ = Restart

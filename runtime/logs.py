@@ -1,0 +1,35 @@
+"""structlog set-up: console lines for people (local profiles), JSON lines for machines (production).
+
+Configured once per process by the CLI; library code only calls ``structlog.get_logger``. Secrets
+never reach a log line: DSNs are logged through :func:`runtime.settings.redact_dsn` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from runtime.settings import LoggingSettings
+
+__all__ = ("configure_logging",)
+
+
+def configure_logging(settings: LoggingSettings, *, stream: object = None) -> None:
+    level = getattr(logging, settings.level.upper())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if settings.format == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),  # type: ignore[arg-type]
+        cache_logger_on_first_use=True,
+    )

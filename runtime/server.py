@@ -1,0 +1,191 @@
+"""Newline-delimited JSON request server over a Unix socket or TCP (interfaces.md §5).
+
+Generic: it knows framing, limits and transport, not ops. Per connection, requests are answered in
+order (pipelining allowed). A malformed or oversized line gets an error response and the
+connection carries on; nothing a client sends can crash the server or touch other connections.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import ipaddress
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import ByteStream, Listener, TaskStatus
+
+from runtime.exceptions import UsageError
+
+__all__ = ("Handler", "LineServer", "error_response", "is_loopback", "parse_listen")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+_READ_CHUNK = 65536
+
+
+def error_response(code: str, detail: str, *, request_id: Any = None, retryable: bool = False) -> dict[str, Any]:
+    return {"status": "ERROR", "code": code, "retryable": retryable, "detail": detail, "request_id": request_id}
+
+
+def parse_listen(listen: str) -> tuple[str, str, int]:
+    """``unix:PATH`` -> ("unix", PATH, 0); ``tcp://HOST:PORT`` -> ("tcp", HOST, PORT)."""
+    if listen.startswith("unix:"):
+        return "unix", listen[len("unix:") :], 0
+    host, _, port = listen[len("tcp://") :].rpartition(":")
+    return "tcp", host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LineServer:
+    """Serve ``handler`` over ``listen``.
+
+    Args:
+        listen: ``unix:PATH`` (socket file mode 0600) or ``tcp://HOST:PORT``.
+        handler: answers one decoded request object; it owns deadlines and op semantics.
+        max_line: the largest request line accepted (bytes, without the newline).
+        max_connections: connections beyond this are closed at once.
+        idle_timeout_s: a connection silent this long is closed.
+        auth_token: when set, every request must carry ``"auth"`` equal to it.
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        handler: Handler,
+        *,
+        max_line: int = 65536,
+        max_connections: int = 256,
+        idle_timeout_s: float = 300.0,
+        auth_token: str | None = None,
+    ) -> None:
+        kind, host, port = parse_listen(listen)
+        if kind == "tcp" and not is_loopback(host) and not auth_token:
+            raise UsageError(f"query.listen: binding {host} (not loopback) requires query.auth_token")
+        self._kind, self._host, self._port = kind, host, port
+        self._handler = handler
+        self._max_line = max_line
+        self._idle_timeout_s = idle_timeout_s
+        self._auth = auth_token.encode() if auth_token else None
+        self._slots = anyio.CapacityLimiter(max_connections)
+        self.connections = 0
+
+    async def _listen(self) -> Listener[Any]:
+        if self._kind == "tcp":
+            try:
+                return await anyio.create_tcp_listener(local_host=self._host, local_port=self._port, reuse_port=False)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UsageError(f"query.listen: {self._host}:{self._port} is already in use") from None
+                raise UsageError(f"query.listen: cannot listen on {self._host}:{self._port}: {exc.strerror}") from None
+        path = Path(self._host)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if _unix_socket_alive(path):
+                raise UsageError(f"query.listen: {path} is in use by another running process")
+            path.unlink()
+        listener = await anyio.create_unix_listener(path)
+        os.chmod(path, 0o600)
+        return listener
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await self._listen()
+        try:
+            async with listener:
+                task_status.started()
+                await listener.serve(self._connection)
+        finally:
+            if self._kind == "unix":
+                with suppress(FileNotFoundError):
+                    Path(self._host).unlink()
+
+    async def _connection(self, stream: ByteStream) -> None:
+        async with stream:
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await stream.send(orjson.dumps(error_response("OVERLOADED", "too many connections", retryable=True)) + b"\n")
+                return
+            self.connections += 1
+            try:
+                await self._serve_lines(stream)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
+                pass  # the client went away: nothing to answer
+            finally:
+                self.connections -= 1
+                self._slots.release()
+
+    async def _serve_lines(self, stream: ByteStream) -> None:
+        buffer = bytearray()
+        discarding = False  # inside an oversized line: drop bytes up to its newline
+        while True:
+            with anyio.move_on_after(self._idle_timeout_s) as idle:
+                chunk = await stream.receive(_READ_CHUNK)
+            if idle.cancelled_caught:
+                return
+            buffer += chunk
+            while True:
+                newline = buffer.find(b"\n")
+                if newline < 0:
+                    if len(buffer) > self._max_line:
+                        if not discarding:
+                            await self._reply(stream, error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
+                        discarding = True
+                        buffer.clear()
+                    break
+                line = bytes(buffer[:newline])
+                del buffer[: newline + 1]
+                if discarding:
+                    discarding = False
+                    continue
+                if len(line) > self._max_line:
+                    await self._reply(stream, error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
+                    continue
+                if line.strip():
+                    await self._reply(stream, await self._answer(line))
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return error_response("INVALID_REQUEST", "request is not valid JSON")
+        if not isinstance(request, dict):
+            return error_response("INVALID_REQUEST", "request must be a JSON object")
+        request_id = request.get("request_id")
+        if self._auth is not None:
+            token = request.pop("auth", None)
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self._auth):
+                return error_response("UNAUTHORIZED", "missing or wrong auth token", request_id=request_id)
+        else:
+            request.pop("auth", None)
+        return await self._handler(request)
+
+    @staticmethod
+    async def _reply(stream: ByteStream, response: dict[str, Any]) -> None:
+        await stream.send(orjson.dumps(response, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+
+
+def _unix_socket_alive(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

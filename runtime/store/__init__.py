@@ -1,0 +1,44 @@
+"""Storage: backends that run store programs, shared migrations, the dialect layer."""
+
+from __future__ import annotations
+
+from runtime.exceptions import UsageError
+from runtime.settings import StoreSettings
+from runtime.store._backend import StoreBackend
+from runtime.store._dialect import DIALECTS, Dialect
+from runtime.store._migrations import MIGRATIONS, SchemaStatus
+from runtime.store._program import ExecMany, Execute, Fetch, Op, Program, Row
+
+__all__ = (
+    "DIALECTS",
+    "MIGRATIONS",
+    "Dialect",
+    "ExecMany",
+    "Execute",
+    "Fetch",
+    "Op",
+    "Program",
+    "Row",
+    "SchemaStatus",
+    "StoreBackend",
+    "open_store",
+)
+
+
+async def open_store(settings: StoreSettings) -> StoreBackend:
+    """Connect to the store named by ``settings.dsn``.
+
+    Raises:
+        StoreUnavailable: the database cannot be reached (message carries no password).
+    """
+    if settings.backend == "sqlite":
+        from runtime.store._sqlite import open_sqlite
+
+        return await open_sqlite(
+            settings.sqlite_path, synchronous=settings.synchronous, busy_timeout_s=settings.busy_timeout_s
+        )
+    try:
+        from runtime.store._postgres import open_postgres
+    except ImportError:  # pragma: no cover - the PostgreSQL backend ships with the package
+        raise UsageError("the PostgreSQL backend is not available in this build") from None
+    return await open_postgres(settings)
