@@ -43,49 +43,70 @@ async def open_ready_store(settings: Settings) -> StoreBackend:
 
 
 async def run_process(settings: Settings, *, once: bool = False) -> None:
-    """Run the supervisor until SIGINT/SIGTERM (or, with ``once``, until every partition is drained)."""
+    """Run the supervisor until SIGINT/SIGTERM (or, with ``once``, until every partition is drained).
+
+    Signals are watched from the first instant: a signal during start-up abandons the start-up
+    cleanly; afterwards it triggers the graceful stop (stop reading, commit in-flight batches).
+    """
+    async with anyio.create_task_group() as tg:
+        startup = anyio.CancelScope()
+        stop = anyio.Event()
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    stop.set()
+                    startup.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        await _run(settings, once=once, startup=startup, stop=stop)
+        tg.cancel_scope.cancel()
+
+
+async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, stop: anyio.Event) -> None:
     async with AsyncExitStack() as stack:
-        if settings.store.backend == "sqlite":
-            from runtime.store._sqlite import SqliteLock
+        with startup:
+            if settings.store.backend == "sqlite":
+                from runtime.store._sqlite import SqliteLock
 
-            lock = SqliteLock(settings.store.sqlite_path)
-            lock.acquire()
-            stack.callback(lock.release)
-        read_store = await open_ready_store(settings)
-        stack.push_async_callback(read_store.aclose)
-        bus = open_bus(settings)
-        stack.push_async_callback(bus.aclose)
-        partitions: dict[tuple[str, int], str] = {}
-        for topic, plane in settings.topics().items():
-            for partition in await bus.list_partitions(topic):
-                partitions[(topic, partition)] = plane
-        app = AppContext(
-            settings=settings, bus=bus, read_store=read_store, registry=Registry(),
-            progress=IngestProgress(set(partitions)), scope=scope_of(settings), partitions=partitions,
-        )
-        from actors._feature_plane import build_feature_plane
+                lock = SqliteLock(settings.store.sqlite_path)
+                lock.acquire()
+                stack.callback(lock.release)
+            read_store = await open_ready_store(settings)
+            stack.push_async_callback(read_store.aclose)
+            bus = open_bus(settings)
+            stack.push_async_callback(bus.aclose)
+            partitions: dict[tuple[str, int], str] = {}
+            for topic, plane in settings.topics().items():
+                for partition in await bus.list_partitions(topic):
+                    partitions[(topic, partition)] = plane
+            app = AppContext(
+                settings=settings, bus=bus, read_store=read_store, registry=Registry(),
+                progress=IngestProgress(set(partitions)), scope=scope_of(settings), partitions=partitions,
+            )
+            from actors._feature_plane import build_feature_plane
 
-        app.features = build_feature_plane(settings) if settings.features.enabled else None
-        root = build_root(app)
-        log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
-                 partitions=len(partitions), once=once)
+            app.features = build_feature_plane(settings) if settings.features.enabled else None
+            root = build_root(app)
+            log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
+                     partitions=len(partitions), once=once)
+        if startup.cancelled_caught:
+            log.info("stopped before start-up completed")
+            return
         async with anyio.create_task_group() as tg:
             await tg.start(root.run)
             log.info("running", listen=settings.query.listen)
 
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("stopping", signal=signal.Signals(signum).name)
-                        break
-                await root.stop()
-
-            if once:
-                tg.start_soon(stop_on_signal)
+            async def until_drained() -> None:
                 await app.progress.wait_all_idle()
                 log.info("drained every partition; stopping")
-                await root.stop()
-            else:
-                await stop_on_signal()
+                stop.set()
+
+            if once:
+                tg.start_soon(until_drained)
+            await stop.wait()
+            await root.stop()
             tg.cancel_scope.cancel()
         log.info("stopped")

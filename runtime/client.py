@@ -136,6 +136,11 @@ class Client:
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self._sock is not None, "connect() first"
         self._sock.sendall(_encode(request, self._auth))
+        return self.receive_line()
+
+    def receive_line(self) -> dict[str, Any]:
+        """Read one response line."""
+        assert self._sock is not None, "connect() first"
         while True:
             newline = self._buffer.find(b"\n")
             if newline >= 0:
