@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = (
     "ActorFailed",
+    "ActorNameTaken",
     "ActorUnavailable",
     "AskTimeout",
     "BrokenMailbox",
@@ -15,6 +16,7 @@ __all__ = (
     "StoreError",
     "StoreUnavailable",
     "SupervisorEscalation",
+    "SupervisorStopped",
     "UsageError",
 )
 
@@ -61,6 +63,15 @@ class IllegalTransition(CtxplaneError):
 
 class SupervisorEscalation(CtxplaneError):
     """A supervisor exceeded its restart intensity and gives up to its parent."""
+
+
+class SupervisorStopped(CtxplaneError):
+    """Raised by ``Supervisor.start_child``/``terminate_child`` when the supervisor is not running
+    (not started yet, shutting down, or finished)."""
+
+
+class ActorNameTaken(CtxplaneError, ValueError):
+    """Raised when an actor or child is started under a name a live incarnation already uses."""
 
 
 class StoreError(CtxplaneError):
