@@ -8,6 +8,9 @@ __all__ = (
     "ActorUnavailable",
     "AskTimeout",
     "BrokenMailbox",
+    "BusClosed",
+    "BusError",
+    "BusPositionError",
     "ClosedMailbox",
     "ConfigError",
     "CtxplaneError",
@@ -80,3 +83,18 @@ class StoreError(CtxplaneError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now; retrying later may succeed."""
+
+
+class BusError(CtxplaneError):
+    """An event-bus adapter refused an operation: a bad topic name, a malformed bus layout, a
+    topic that exists with a different partition count, or an envelope without a partition key.
+    Raised by ``runtime.bus``; retrying the same call will fail the same way."""
+
+
+class BusPositionError(BusError, ValueError):
+    """A read position is not valid for the bus's offset kind (e.g. ``"-1"`` or ``"abc"`` for a
+    ``file_line`` bus). The message carries the position and the expected form."""
+
+
+class BusClosed(BusError):
+    """Raised by a bus operation after *this side* called ``aclose()`` on the adapter."""
