@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from contracts._canonical import canonical_json
+from contracts._time import parse_ts_us
 from runtime.store import Fetch, Program
 
 __all__ = ("LEDGER_QUERY", "STATE_QUERIES", "ledger_digest_program", "state_digest_program")
@@ -35,11 +36,37 @@ LEDGER_QUERY = (
 )
 
 
+def _retention_cutoff() -> Program[int | None]:
+    """The feature retention cut-off implied by the store's own state (None: keep everything).
+
+    Pruning may have removed feature rows at or before ``max feature watermark − retention`` at
+    some earlier moment; the digest leaves out everything up to the cut-off implied by the *final*
+    watermark, so a store that pruned and one that did not (same events) digest alike.
+    """
+    meta = yield Fetch("SELECT meta_value FROM store_meta WHERE meta_key = 'feature_retention_us'")
+    wm = yield Fetch("SELECT max(watermark_ts_utc) FROM checkpoints WHERE plane = 'features'")
+    if not meta or not wm or wm[0][0] is None:
+        return None
+    return parse_ts_us(wm[0][0]) - int(meta[0][0])
+
+
+def _keep(name: str, row: tuple[object, ...], cutoff: int | None) -> bool:
+    if cutoff is None:
+        return True
+    if name == "feature_raw":
+        return row[4] > cutoff  # type: ignore[operator]
+    if name == "feature_tiles":
+        return row[5] >= cutoff // (row[4] * 1_000_000)  # type: ignore[operator]
+    return True
+
+
 def _digest_tables(queries: tuple[tuple[str, str], ...]) -> Program[str]:
     hasher = hashlib.sha256()
+    cutoff = yield from _retention_cutoff()
     for name, sql in queries:
         hasher.update(canonical_json(name))
         rows = yield Fetch(sql)
+        rows = [row for row in rows if _keep(name, row, cutoff)]
         # Sorted here, not by ORDER BY: text collation differs between backends and locales.
         for line in sorted(canonical_json(list(row)) for row in rows):
             hasher.update(line)

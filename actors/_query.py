@@ -31,6 +31,11 @@ __all__ = ("QueryActor",)
 
 log = structlog.get_logger("ctxplane.query")
 
+def wait_budget_ms(deadline_s: float) -> int:
+    """How long a request may wait for commits: its deadline minus headroom to build the answer."""
+    return max(0, int(deadline_s * 1000 * 0.9) - 5)
+
+
 OpHandler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
 
 
@@ -48,7 +53,7 @@ class QueryActor(Actor):
         observer: Any = None,
     ) -> None:
         self._settings = settings
-        self._store = store
+        self.store = store
         self._scope = scope
         self._required_roles = required_roles
         self._checkpoint = checkpoint
@@ -101,6 +106,10 @@ class QueryActor(Actor):
             for event in self._any_commit:
                 event.set()
             self._any_commit.clear()
+
+    async def wait_for_commit(self) -> None:
+        """Return after the next commit that advanced any partition."""
+        await self._wait_for([], any_commit=True)
 
     async def _wait_for(self, keys: list[tuple[Any, ...]], any_commit: bool) -> None:
         event = anyio.Event()
@@ -176,13 +185,13 @@ class QueryActor(Actor):
         return {"partitions": len(parts), "total_lag": sum(lags) if lags else None}
 
     async def _join(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
-        parsed = parse_join_request(request, max_wait_ms=int(deadline_s * 1000))
+        parsed = parse_join_request(request, max_wait_ms=wait_budget_ms(deadline_s))
         if not isinstance(parsed, JoinRequest):
             detail, request_id = parsed
             return invalid_join_answer(detail, request, request_id, resolved_at=now_utc())
         until = anyio.current_time() + parsed.wait_ms / 1000
         while True:
-            snap = await self._store.read(join_snapshot_program(parsed, scope=self._scope))
+            snap = await self.store.read(join_snapshot_program(parsed, scope=self._scope))
             answer = answer_join(parsed, snap, resolved_at=now_utc(), required_roles=self._required_roles)
             status_ready = answer["status"] not in ("MISSING_BINDING", "MISSING_JOIN_FRAME")
             remaining = until - anyio.current_time()
@@ -204,7 +213,7 @@ class QueryActor(Actor):
         if plane not in (None, "join", "features"):
             return error_response("INVALID_REQUEST", "plane must be join or features", request_id=request.get("request_id"))
         planes = (plane,) if plane else ("join", "features")
-        bases = await self._store.read(basis_program(self._scope, planes))
+        bases = await self.store.read(basis_program(self._scope, planes))
         return {"status": "OK", "request_id": request.get("request_id"), "served_at_utc": now_utc(), "planes": bases}
 
     async def _health_op(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:

@@ -32,6 +32,9 @@ __all__ = ("StoreWriter", "StoreWriterConfig")
 
 log = structlog.get_logger("ctxplane.store_writer")
 
+# Prune after this many commits: often enough to bound growth, rare enough to cost nothing.
+PRUNE_EVERY = 256
+
 
 @dataclass(frozen=True, slots=True)
 class StoreWriterConfig:
@@ -47,13 +50,15 @@ class StoreWriter(Actor):
         *,
         open_store: Callable[[], Any],
         subscribers: tuple[ActorRef, ...],
-        features: FeatureWriter | None = None,
+        feature_plane: Any = None,
         observer: Any = None,
     ) -> None:
         self.config = config
         self._open_store = open_store
         self._subscribers = subscribers
-        self._features = features
+        self._feature_plane = feature_plane
+        self._features: FeatureWriter | None = feature_plane.writer if feature_plane is not None else None
+        self._feature_watermark: int | None = None
         self._observer = observer
         self._store: StoreBackend | None = None
         self._commit_seq = 0
@@ -61,6 +66,11 @@ class StoreWriter(Actor):
 
     async def started(self, ctx: ActorContext) -> None:
         self._store = await self._connect()
+        if self._feature_plane is not None:
+            # Recorded so `ctxplane digest` can apply the same retention rule from the store alone.
+            from actors._feature_plane import retention_meta_program
+
+            await self._store.write(retention_meta_program(self._feature_plane.retention_us))
 
     async def _connect(self) -> StoreBackend:
         delay = self.config.retry_initial_s
@@ -140,6 +150,22 @@ class StoreWriter(Actor):
                 pass  # the sender restarted; it resumes from the committed checkpoint
         # Step 5: announce.
         await self._announce(outcome)
+        await self._maybe_prune(outcome)
+
+    async def _maybe_prune(self, outcome: ApplyOutcome) -> None:
+        """Retention: every PRUNE_EVERY commits, drop feature state older than the longest ttl."""
+        if self._feature_plane is None:
+            return
+        for pos in outcome.positions:
+            if pos.plane.value == "features" and pos.watermark_us is not None:
+                self._feature_watermark = max(pos.watermark_us, self._feature_watermark or pos.watermark_us)
+        if self._feature_watermark is None or self._commit_seq % PRUNE_EVERY:
+            return
+        assert self._store is not None
+        try:
+            await self._store.write(self._feature_plane.prune(self._feature_watermark))
+        except StoreUnavailable as exc:
+            log.warning("retention pruning skipped; store unavailable", error=str(exc))
 
     async def _announce(self, outcome: ApplyOutcome) -> None:
         committed = Committed(

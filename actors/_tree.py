@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import structlog
 
-from actors._apply import FeatureWriter
 from actors._checkpoint import CheckpointActor
 from actors._health import HealthActor
 from actors._partition import PartitionActor, PartitionConfig
@@ -30,7 +29,7 @@ from contracts._classes import Plane
 from contracts._intake import IntakeRules
 from runtime.bus import EventBus
 from runtime.exceptions import ActorNameTaken, BusError, SupervisorStopped
-from runtime.kernel import Actor, ActorContext, Backoff, ChildSpec, Intensity, Registry, Restart, Strategy, Supervisor
+from runtime.kernel import Actor, ActorContext, Backoff, ChildSpec, Intensity, Registry, Strategy, Supervisor
 from runtime.settings import Settings
 from runtime.store import StoreBackend, open_store
 
@@ -160,7 +159,7 @@ def build_root(app: AppContext) -> Supervisor:
             StoreWriterConfig(group_commit_max_records=s.ingest.group_commit_max_records),
             open_store=open_writer_store,
             subscribers=(registry.ref(CHECKPOINT), registry.ref(QUERY)),
-            features=app.features.writer if app.features is not None else None,
+            feature_plane=app.features,
             observer=app.observer,
         )
         return writer
@@ -192,6 +191,3 @@ def build_root(app: AppContext) -> Supervisor:
         observer=app.observer,
     )
 
-
-_ = FeatureWriter
-_ = Restart

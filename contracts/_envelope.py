@@ -39,7 +39,7 @@ PIN_FIELDS: tuple[str, ...] = (
 
 Hex64 = Annotated[StrictStr, Field(pattern=_HEX64.pattern)]
 Hex32 = Annotated[StrictStr, Field(pattern=_HEX32.pattern)]
-Timestamp = Annotated[StrictStr, Field(pattern=TS_PATTERN.pattern)]
+Timestamp = Annotated[StrictStr, Field(pattern="^" + TS_PATTERN.pattern + "$")]
 PlatformRunId = Annotated[StrictStr, Field(pattern=_PLATFORM_RUN.pattern)]
 Seed = Annotated[StrictInt, Field(ge=0, le=_SEED_MAX)]
 
@@ -98,7 +98,7 @@ def _is_seed(value: object) -> bool:
 _CHECKS: dict[str, tuple[bool, Any]] = {
     "event_id": (True, lambda v: _is_text(v, 256)),
     "event_type": (True, lambda v: _is_text(v, 256)),
-    "ts_utc": (True, lambda v: type(v) is str and TS_PATTERN.match(v) is not None),
+    "ts_utc": (True, lambda v: type(v) is str and TS_PATTERN.fullmatch(v) is not None),
     "manifest_fingerprint": (True, lambda v: type(v) is str and _HEX64.match(v) is not None),
     "parameter_hash": (False, lambda v: type(v) is str and _HEX64.match(v) is not None),
     "seed": (False, _is_seed),
@@ -106,7 +106,7 @@ _CHECKS: dict[str, tuple[bool, Any]] = {
     "run_id": (False, lambda v: type(v) is str and _HEX32.match(v) is not None),
     "platform_run_id": (False, lambda v: type(v) is str and _PLATFORM_RUN.match(v) is not None),
     "scenario_run_id": (False, lambda v: type(v) is str and _HEX32.match(v) is not None),
-    "emitted_at_utc": (False, lambda v: type(v) is str and TS_PATTERN.match(v) is not None),
+    "emitted_at_utc": (False, lambda v: type(v) is str and TS_PATTERN.fullmatch(v) is not None),
     "schema_version": (False, lambda v: _is_text(v, 64)),
     "trace_id": (False, lambda v: _is_text(v, 128)),
     "span_id": (False, lambda v: _is_text(v, 128)),

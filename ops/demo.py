@@ -99,7 +99,7 @@ def main() -> int:
             section(f"4. feature plane: features of {fraud_flow} and its instrument, with provenance")
             features = client.request({
                 "op": "get_features", "pins": pins, "request_id": "demo-features", "wait_ms": 3000,
-                "as_of_time_utc": "2026-02-07T06:00:00.000000Z",
+                "as_of_time_utc": "2026-02-07T05:00:50.000000Z", "deadline_ms": 5000,
                 "feature_keys": [{"key_type": "flow_id", "key_id": fraud_flow}, {"key_type": "instrument_id", "key_id": "inst-5"}],
                 "feature_groups": [{"name": "core_features", "version": "v1"}, {"name": "entity_velocity", "version": "v1"}],
             })

@@ -48,6 +48,7 @@ def test_required_fields(field: str) -> None:
 @pytest.mark.parametrize(("field", "value"), [
     ("ts_utc", "2026-02-07T05:00:00.00000Z"), ("ts_utc", "2026-02-07 05:00:00.000000Z"),
     ("manifest_fingerprint", "A" * 64), ("run_id", "a" * 31), ("platform_run_id", "platform_2026"),
+    ("ts_utc", "2026-02-07T05:00:00.000000Z\n"),
     ("seed", 2**64), ("seed", True), ("payload", []), ("event_class", "context_arrival"),
 ])
 def test_invalid_formats(field: str, value: Any) -> None:
