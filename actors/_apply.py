@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -30,11 +31,24 @@ from contracts._reasons import Reason
 from contracts._time import format_ts_us
 from runtime.store import ExecMany, Fetch, Program, Row
 
-__all__ = ("ApplyOutcome", "FeatureWriter", "apply_program", "chunks", "in_list")
+__all__ = ("ApplyOutcome", "FeatureWriter", "KeySpec", "apply_program", "chunks", "fetch_by_keys")
 
-# Row-value IN lists are split into chunks of this many tuples: well under both backends' bound-
-# parameter limits (SQLite 32766, PostgreSQL 32767) and small enough for good plans.
-_CHUNK = 250
+# Key lookups are split into chunks of at most this many keys: well under both backends' bound-
+# parameter limits (SQLite 32766, PostgreSQL 32767) and small enough for good plans. A power of two,
+# because chunks are padded to the next power of two (see ``fetch_by_keys``).
+_CHUNK = 256
+
+# A lookup key: (column, declared SQL type) pairs, as in migrations/0001_initial.sql. PostgreSQL
+# needs the types to type the parameters of a VALUES list: untyped, they would be ``text``, and
+# comparing them with an INTEGER/BIGINT column fails ("operator does not exist: bigint = text").
+KeySpec: TypeAlias = tuple[tuple[str, str], ...]
+_DEDUPE_KEY: KeySpec = (("platform_run_id", "TEXT"), ("event_class", "TEXT"), ("event_id", "TEXT"))
+_FRAME_KEY: KeySpec = (
+    ("platform_run_id", "TEXT"), ("scenario_run_id", "TEXT"), ("merchant_id", "TEXT"), ("arrival_seq", "BIGINT"),
+)
+_FLOW_KEY: KeySpec = (("platform_run_id", "TEXT"), ("scenario_run_id", "TEXT"), ("flow_id", "TEXT"))
+_CLAIM_KEY: KeySpec = (*_FLOW_KEY, ("merchant_id", "TEXT"), ("arrival_seq", "BIGINT"), ("event_id", "TEXT"))
+_CHECKPOINT_KEY: KeySpec = (("scope", "TEXT"), ("topic", "TEXT"), ("partition_id", "INTEGER"))
 
 
 def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -42,10 +56,32 @@ def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def in_list(columns: str, width: int, count: int) -> str:
-    """``(a, b) IN (VALUES (?, ?), ...)`` for ``count`` tuples of ``width`` columns."""
-    one = "(" + ", ".join("?" * width) + ")"
-    return f"({columns}) IN (VALUES {', '.join([one] * count)})"
+def fetch_by_keys(columns: str, table: str, key: KeySpec, keys: Sequence[tuple[Any, ...]]) -> Fetch:
+    """A Fetch of ``columns`` from the rows of ``table`` whose ``key`` is one of ``keys``.
+
+    Rendered as a join with a VALUES list, ``SELECT columns FROM (VALUES (CAST(? AS T), ...), ...)
+    AS k JOIN table AS t ON t.col = k.column1 AND ...``, the one shape both backends answer with
+    a primary-key lookup per key: on SQLite a row-value ``(a, b) IN (VALUES ...)`` (or ``IN ((?, ?),
+    ...)``) scans the whole table (measured: 65 ms for 250 keys against 200k rows, vs 0.6 ms for the
+    join), and PostgreSQL plans the join as a nested loop of index scans. The casts give PostgreSQL
+    the parameter types.
+
+    ``keys`` must be distinct (a duplicate key would return its rows twice) and at most
+    ``_CHUNK`` long. The list is padded with NULL keys (which match nothing) to the next power of
+    two, so a handful of distinct SQL strings cover every batch size: the dialect's render cache and
+    PostgreSQL's prepared-statement cache stay small and warm.
+    """
+    size = 1 << max(len(keys) - 1, 0).bit_length()
+    params: list[Any] = [value for k in keys for value in k]
+    params.extend([None] * (len(key) * (size - len(keys))))
+    return Fetch(_keyed_select(columns, table, key, size), params)
+
+
+@lru_cache(maxsize=256)
+def _keyed_select(columns: str, table: str, key: KeySpec, size: int) -> str:
+    one = "(" + ", ".join(f"CAST(? AS {sql_type})" for _name, sql_type in key) + ")"
+    on = " AND ".join(f"t.{name} = k.column{i}" for i, (name, _type) in enumerate(key, start=1))
+    return f"SELECT {columns} FROM (VALUES {', '.join([one] * size)}) AS k JOIN {table} AS t ON {on}"
 
 
 def failure_id(plane: str, source: SourceRef, event_id: str | None, reason: str) -> str:
@@ -128,10 +164,8 @@ def apply_program(
     registry: dict[tuple[str, str, str], str] = {}
     keys = list({(v.platform_run_id, v.event_class, v.event_id) for v in accepted})
     for part in chunks(keys):
-        rows = yield Fetch(
-            "SELECT platform_run_id, event_class, event_id, payload_hash FROM intake_dedupe WHERE "
-            + in_list("platform_run_id, event_class, event_id", 3, len(part)),
-            [value for key in part for value in key],
+        rows = yield fetch_by_keys(
+            "t.platform_run_id, t.event_class, t.event_id, t.payload_hash", "intake_dedupe", _DEDUPE_KEY, part
         )
         for run, event_class, event_id, stored_hash in rows:
             registry[(run, event_class, event_id)] = stored_hash
@@ -258,11 +292,10 @@ def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutco
     outcome.touched_frames.update(frames)
     per_role: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
     for part in chunks(frames):
-        rows = yield Fetch(
-            "SELECT platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id, event_type, topic,"
-            " partition_id, source_offset, offset_kind FROM join_frame_roles WHERE "
-            + in_list("platform_run_id, scenario_run_id, merchant_id, arrival_seq", 4, len(part)),
-            [value for key in part for value in key],
+        rows = yield fetch_by_keys(
+            "t.platform_run_id, t.scenario_run_id, t.merchant_id, t.arrival_seq, t.role, t.event_id, t.event_type,"
+            " t.topic, t.partition_id, t.source_offset, t.offset_kind",
+            "join_frame_roles", _FRAME_KEY, part,
         )
         for row in rows:
             per_role[row[:5]].append(row)
@@ -281,16 +314,23 @@ def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutco
     keys = sorted({(v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq) for v in anchors})
     outcome.touched_flows.update(flows)  # type: ignore[arg-type]
     claims: dict[tuple[Any, ...], Row] = {}
-    select = ("SELECT platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq, event_id, event_type,"
-              " topic, partition_id, source_offset, offset_kind FROM flow_binding_claims WHERE ")
+    columns = ("t.platform_run_id, t.scenario_run_id, t.flow_id, t.merchant_id, t.arrival_seq, t.event_id,"
+               " t.event_type, t.topic, t.partition_id, t.source_offset, t.offset_kind")
     for part in chunks(flows):
-        for row in (yield Fetch(select + in_list("platform_run_id, scenario_run_id, flow_id", 3, len(part)),
-                                [value for key in part for value in key])):
+        for row in (yield fetch_by_keys(columns, "flow_binding_claims", _FLOW_KEY, part)):
             claims[row[:6]] = row
     for part in chunks(keys):
-        for row in (yield Fetch(select + in_list("platform_run_id, scenario_run_id, merchant_id, arrival_seq", 4, len(part)),
-                                [value for key in part for value in key])):
-            claims[row[:6]] = row
+        # Claims on the touched keys go through the secondary index, selecting only what the index
+        # holds (its columns plus the primary key): with wider columns SQLite prefers a scan of the
+        # run's whole primary-key range per key. The rows not loaded above (claims by other flows:
+        # the conflicts) are then fetched by primary key.
+        found = yield fetch_by_keys(
+            "t.platform_run_id, t.scenario_run_id, t.flow_id, t.merchant_id, t.arrival_seq, t.event_id",
+            "flow_binding_claims", _FRAME_KEY, part,
+        )
+        for others in chunks([pk for pk in found if pk not in claims]):
+            for row in (yield fetch_by_keys(columns, "flow_binding_claims", _CLAIM_KEY, others)):
+                claims[row[:6]] = row
     for conflict_rows, details in _binding_conflicts(claims.values()):
         for row in conflict_rows:
             ledger.add(Plane.JOIN.value, SourceRef(row[7], row[8], row[9], row[10]), Reason.FLOW_BINDING_CONFLICT,
@@ -331,10 +371,8 @@ def _advance_checkpoints(batches: Sequence[ApplyBatch], now: str, outcome: Apply
     stored: dict[tuple[str, str, int], tuple[str, str | None]] = {}
     keys = sorted(latest)
     for part in chunks(keys):
-        rows = yield Fetch(
-            "SELECT scope, topic, partition_id, next_offset, watermark_ts_utc FROM checkpoints WHERE "
-            + in_list("scope, topic, partition_id", 3, len(part)),
-            [value for key in part for value in key],
+        rows = yield fetch_by_keys(
+            "t.scope, t.topic, t.partition_id, t.next_offset, t.watermark_ts_utc", "checkpoints", _CHECKPOINT_KEY, part
         )
         for scope, topic, partition, next_offset, wm in rows:
             stored[(scope, topic, partition)] = (next_offset, wm)

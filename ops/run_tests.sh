@@ -1,6 +1,19 @@
 #!/usr/bin/env bash
 # Starts the real servers the suite needs on loopback, runs the suite, stops them.
+#   PostgreSQL: ops/pg_up.sh (a throwaway server in the system temp dir; installed with apt if
+#   missing), stopped by ops/pg_down.sh on any exit. CTXPLANE_REQUIRE_PG=1 turns "PostgreSQL not
+#   running" from a skip into a failure, so `make test` can never pass without the PostgreSQL cases.
+# Arguments are passed to pytest (e.g. `bash ops/run_tests.sh tests/runtime/store -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-exec .venv/bin/python -m pytest -q "$@"
+
+# Not `eval "$(ops/pg_up.sh)"` directly: eval of a failed command substitution returns 0 and
+# set -e would not stop us.
+pg_env="$(ops/pg_up.sh)"
+eval "$pg_env"
+trap 'ops/pg_down.sh' EXIT
+trap 'exit 130' INT TERM  # run the EXIT trap on Ctrl-C / kill too
+export CTXPLANE_REQUIRE_PG=1
+
+.venv/bin/python -m pytest -q "$@"
