@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import anyio
 import structlog
 
+from actors._metrics import Metrics
+from contracts._health import load_health_policy
 from actors._progress import IngestProgress
 from actors._tree import AppContext, build_root
 from runtime.bus import EventBus, FileBus
@@ -30,6 +33,24 @@ def open_bus(settings: Settings) -> EventBus:
     if settings.bus.kind == "file":
         return FileBus(settings.bus.root, start_position=settings.bus.start_position)
     raise UsageError("bus.kind: kinesis is not available in this build")
+
+
+def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
+    """Expose /metrics on ``listen`` (HOST:PORT); returns the function that stops the server."""
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    try:
+        server, thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"metrics.listen: cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
 
 
 async def open_ready_store(settings: Settings) -> StoreBackend:
@@ -82,11 +103,18 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
             for topic, plane in settings.topics().items():
                 for partition in await bus.list_partitions(topic):
                     partitions[(topic, partition)] = plane
+            registry = Registry()
+            metrics = Metrics(registry)
             app = AppContext(
-                settings=settings, bus=bus, read_store=read_store, registry=Registry(),
+                settings=settings, bus=bus, read_store=read_store, registry=registry,
                 progress=IngestProgress(set(partitions)), scope=scope_of(settings), partitions=partitions,
+                observer=metrics,
             )
+            if settings.metrics.listen:
+                stack.callback(serve_metrics(settings.metrics.listen, metrics))
             from actors._feature_plane import build_feature_plane
+
+            app.health_policy = load_health_policy(settings.health.policy)
 
             app.features = build_feature_plane(settings) if settings.features.enabled else None
             root = build_root(app)

@@ -96,6 +96,8 @@ class ApplyOutcome:
 
     positions: list[PartitionPosition] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    # Per (topic, partition, outcome) record counts, for metrics.
+    partition_counts: Counter[tuple[str, int, str]] = field(default_factory=Counter)
     # Per (plane, topic, partition, reason) counts of ledger rows, for metrics.
     failures: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
     touched_flows: set[tuple[str, str, str]] = field(default_factory=set)
@@ -254,6 +256,7 @@ def apply_program(
         )
         for (_topic, _partition, name), n in counters.items():
             outcome.counts[name] += n
+        outcome.partition_counts.update(counters)
 
     # Step 6: checkpoints, forward only.
     yield from _advance_checkpoints(batches, recorded_at, outcome)

@@ -8,7 +8,7 @@ bounded by its deadline, and requests beyond ``query.max_pending`` are answered 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,6 +51,7 @@ class QueryActor(Actor):
         health: ActorRef,
         features: Any = None,
         observer: Any = None,
+        counts: Counter[str] | None = None,
     ) -> None:
         self._settings = settings
         self.store = store
@@ -60,6 +61,7 @@ class QueryActor(Actor):
         self._health = health
         self._features = features
         self._observer = observer
+        self._counts: Counter[str] = counts if counts is not None else Counter()
         self._pending = anyio.CapacityLimiter(settings.max_pending)
         self._waiters: dict[tuple[Any, ...], set[anyio.Event]] = defaultdict(set)
         self._any_commit: set[anyio.Event] = set()
@@ -163,6 +165,16 @@ class QueryActor(Actor):
         return response
 
     def _observe(self, op: str, response: dict[str, Any], started: float) -> None:
+        status = response.get("status")
+        if status in ("MISSING_BINDING", "MISSING_JOIN_FRAME"):
+            self._counts["join_misses"] += 1
+        elif op == "get_features":
+            if status == "OK":
+                fresh = response["snapshot"]["freshness"]
+                if fresh["missing_groups"] or fresh["missing_feature_keys"]:
+                    self._counts["missing_features"] += 1
+            elif response.get("code") in ("UNAVAILABLE", "MISSING_PROVENANCE"):
+                self._counts["snapshot_failures"] += 1
         if self._observer is not None:
             self._observer.on_query(op, response.get("status", "?"), anyio.current_time() - started)
 

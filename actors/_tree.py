@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from actors._progress import IngestProgress
 from actors._query import QueryActor
 from actors._store_writer import StoreWriter, StoreWriterConfig
 from contracts._classes import Plane
+from contracts._health import HealthPolicy
 from contracts._intake import IntakeRules
 from runtime.bus import EventBus
 from runtime.exceptions import ActorNameTaken, BusError, SupervisorStopped
@@ -60,8 +62,8 @@ class AppContext:
     partitions: dict[tuple[str, int], str]  # (topic, partition) -> plane
     features: Any = None  # the feature plane (writer + query answerer), when enabled
     observer: Any = None  # metrics observer
-    store_available: list[bool] = field(default_factory=lambda: [True])
-    rules_factory: Callable[[Plane, str], IntakeRules] | None = None
+    query_counts: Counter[str] = field(default_factory=Counter)  # join_misses, missing_features, ...
+    health_policy: HealthPolicy | None = None
 
 
 def _rules(app: AppContext, plane: Plane) -> IntakeRules:
@@ -171,12 +173,18 @@ def build_root(app: AppContext) -> Supervisor:
         return QueryActor(
             s.query, store=app.read_store, scope=app.scope, required_roles=tuple(s.join_plane.required_roles),
             checkpoint=registry.ref(CHECKPOINT), health=registry.ref(HEALTH), features=app.features,
-            observer=app.observer,
+            observer=app.observer, counts=app.query_counts,
         )
 
     def health() -> HealthActor:
-        return HealthActor(checkpoint=registry.ref(CHECKPOINT), registry=registry,
-                           store_available=lambda: app.store_available[0])
+        assert app.health_policy is not None
+        run_dir = s.run.platform_run_id or "any-run"
+        return HealthActor(
+            policy=app.health_policy, checkpoint=registry.ref(CHECKPOINT), registry=registry, store=app.read_store,
+            scope=app.scope, query_counts=app.query_counts, metrics=app.observer,
+            artifact_path=s.health.artifact_root / run_dir / "reconciliation.json",
+            artifact_interval_s=s.health.artifact_interval_s,
+        )
 
     children = [
         ChildSpec(STORE_WRITER, store_writer, mailbox_capacity=s.ingest.store_writer_mailbox, shutdown_timeout=30.0),

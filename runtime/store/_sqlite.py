@@ -67,6 +67,9 @@ def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: b
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA cache_size=-131072")
+    conn.execute("PRAGMA mmap_size=1073741824")
+    conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
 

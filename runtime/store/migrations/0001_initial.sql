@@ -67,7 +67,7 @@ CREATE TABLE flow_binding_claims (
 ) {without_rowid};
 
 CREATE INDEX flow_binding_claims_by_key
-    ON flow_binding_claims (platform_run_id, scenario_run_id, merchant_id, arrival_seq);
+    ON flow_binding_claims (merchant_id, arrival_seq, platform_run_id, scenario_run_id);
 
 -- Raw traffic events per feature key (exact window edges) and hierarchical tiles (cheap windows).
 CREATE TABLE feature_raw (

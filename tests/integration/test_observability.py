@@ -1,0 +1,131 @@
+"""Metrics over HTTP, health, status and the reconciliation artifact from a real `ctxplane run`."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.client import Client
+from tests.support.process import CtxplaneProcess, ctxplane, write_config
+from tests.support.stores import fresh_dsn
+from tests.support.workload import ANCHOR_BASELINE, ARRIVAL, PINS, append_raw, context_events, envelope, publish
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _sum(samples: dict[str, float], pattern: str) -> float:
+    rx = re.compile(pattern)
+    return sum(v for k, v in samples.items() if rx.fullmatch(k))
+
+
+def _workload(eb: Path) -> None:
+    items = [item for seq in range(1, 11) for item in context_events(seq)]
+    dup = envelope(ANCHOR_BASELINE[1], {"merchant_id": "m-2", "arrival_seq": 1, "flow_id": "flow-1-dup"}, eid="d" * 64)
+    publish(eb, [*items, (ANCHOR_BASELINE[0], dup)], partitions=1)
+    append_raw(eb, ARRIVAL[0], 0, b"not json\n")
+
+
+def test_metrics_health_status_and_artifact_after_a_known_workload(tmp_path: Path) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"},
+                          health={"artifact_root": str(tmp_path / "artifacts"), "artifact_interval_s": 0.2})
+    _workload(tmp_path / "eb")
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        ready = client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-10", "wait_ms": 5000})
+        assert ready["status"] == "READY"
+        client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "no-such-flow"})
+        samples = _scrape(port)
+        # 30 context events + 1 conflicting anchor applied; the junk line rejected.
+        assert _sum(samples, r'ctxplane_events_total\{.*outcome="applied".*\}') == 31
+        assert _sum(samples, r'ctxplane_events_total\{.*outcome="rejected".*\}') == 1
+        assert _sum(samples, r'ctxplane_apply_failures_total\{.*reason="ENVELOPE_MISSING".*\}') == 1
+        assert _sum(samples, r'ctxplane_apply_failures_total\{.*reason="FLOW_BINDING_CONFLICT".*\}') == 2
+        assert samples["ctxplane_commits_total"] >= 1
+        assert samples["ctxplane_commit_seconds_count"] == samples["ctxplane_commits_total"]
+        assert samples['ctxplane_mailbox_capacity{actor="store-writer"}'] == 16
+        assert _sum(samples, r'ctxplane_query_seconds_count\{op="resolve_flow_binding",status="READY"\}') == 1
+        assert _sum(samples, r'ctxplane_query_seconds_count\{op="resolve_flow_binding",status="MISSING_BINDING"\}') == 1
+        assert samples["ctxplane_store_available"] == 1
+        health = client.request({"op": "health"})["health"]
+        assert health["state"] == "AMBER"
+        assert {"BINDING_CONFLICTS_AMBER", "APPLY_FAILURES_AMBER", "JOIN_MISSES_AMBER"} <= set(health["reasons"])
+        assert "WATERMARK_REPLAY_ADVISORY" in health["reasons"]  # 2026-02 events replayed: advisory, not RED
+        assert _sum(_scrape(port), r"ctxplane_checkpoint_lag_records\{.*\}") == 0
+        table = ctxplane("status", "--config", str(config))
+        assert table.returncode == 0 and table.stdout.startswith("health: AMBER")
+        assert "fp.bus.context.arrival_events.v1" in table.stdout
+        machine = json.loads(ctxplane("status", "--config", str(config), "--json").stdout)
+        assert machine["health"]["state"] == "AMBER"
+        artifact_path = tmp_path / "artifacts" / "any-run" / "reconciliation.json"
+        for _ in range(20):  # the artifact is rewritten every 0.2 s: every read must be whole JSON
+            if artifact_path.exists():
+                json.loads(artifact_path.read_text())
+    artifact = json.loads(artifact_path.read_text())
+    assert set(artifact) >= {"generated_at_utc", "health", "metrics", "applied_basis", "unresolved_anomalies"}
+    assert artifact["applied_basis"]["join"]["basis_digest"]
+    reasons = [a["reason_code"] for a in artifact["unresolved_anomalies"]]
+    assert sorted(reasons) == sorted(["ENVELOPE_MISSING", "FLOW_BINDING_CONFLICT", "FLOW_BINDING_CONFLICT",
+                                      "JOIN_FRAME_ROLE_CONFLICT", "JOIN_FRAME_ROLE_CONFLICT"])
+
+
+def test_env_override_changes_the_health_verdict(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}")
+    _workload(tmp_path / "eb")
+    env = {"CTXPLANE_HEALTH_APPLY_FAILURES_HARD_RED": "1", "CTXPLANE_HEALTH_APPLY_FAILURES_HARD_AMBER": "1"}
+    with CtxplaneProcess(config, env=env), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-10", "wait_ms": 5000})
+        health = client.request({"op": "health"})["health"]
+        assert health["state"] == "RED" and "APPLY_FAILURES_RED" in health["reasons"]
+
+
+async def test_dsn_password_appears_nowhere(tmp_path: Path) -> None:
+    dsn = await fresh_dsn("postgresql", tmp_path)
+    secret = "s3cr3t-Pa55word"
+    with_password = dsn.replace("postgres@", f"postgres:{secret}@", 1)
+    assert secret in with_password
+    port = _free_port()
+    config = write_config(tmp_path, with_password, metrics={"listen": f"127.0.0.1:{port}"},
+                          health={"artifact_root": str(tmp_path / "artifacts"), "artifact_interval_s": 0.2},
+                          store={"auto_migrate": True}, logging={"format": "json", "level": "debug"})
+    _workload(tmp_path / "eb")
+    proc = CtxplaneProcess(config)
+    with proc, Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-10", "wait_ms": 5000})
+        metrics_text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        status = client.request({"op": "health"})
+    assert secret not in metrics_text and secret not in json.dumps(status)
+    assert secret not in "\n".join(proc.lines)
+    for path in (tmp_path / "artifacts").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text()
+    # An unreachable database: the error line names the host, never the password.
+    bad = write_config(tmp_path / "bad" if (tmp_path / "bad").mkdir() is None else tmp_path,
+                       f"postgresql://u:{secret}@127.0.0.1:1/db", store={"busy_timeout_s": 1})
+    result = ctxplane("migrate", "--config", str(bad))
+    assert result.returncode == 1 and secret not in result.stderr + result.stdout
+    assert "127.0.0.1" in result.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover(tmp_path: Path) -> Any:
+    yield

@@ -1,0 +1,46 @@
+"""The shipped alert rules and dashboard are well-formed and only use metrics the process exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPORTED = {
+    "ctxplane_health_state", "ctxplane_store_available", "ctxplane_checkpoint_lag_records",
+    "ctxplane_checkpoint_age_seconds", "ctxplane_watermark_age_seconds", "ctxplane_actor_restarts_total",
+    "ctxplane_supervisor_escalations_total", "ctxplane_apply_failures_total", "ctxplane_query_seconds_bucket",
+    "ctxplane_query_seconds_count", "ctxplane_mailbox_depth", "ctxplane_mailbox_capacity", "ctxplane_events_total",
+    "ctxplane_commit_seconds_bucket",
+}
+
+
+def _metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bctxplane_[a-z_]+", expr))
+
+
+def test_alert_rules_are_well_formed() -> None:
+    rules = yaml.safe_load((ROOT / "ops/prometheus/alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"]]
+    assert len(alerts) >= 8
+    for rule in alerts:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"} and rule["annotations"]["summary"]
+        assert _metric_names(rule["expr"]) <= EXPORTED, rule["alert"]
+
+
+def test_dashboard_uses_exported_metrics() -> None:
+    board = json.loads((ROOT / "ops/grafana/dashboard.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert exprs and all(_metric_names(e) <= EXPORTED for e in exprs)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_the_rules() -> None:
+    result = subprocess.run(["promtool", "check", "rules", str(ROOT / "ops/prometheus/alerts.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
