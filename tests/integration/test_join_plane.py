@@ -9,6 +9,7 @@ import pytest
 
 from runtime.client import Client
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
+from tests.support.stores import fresh_dsn, query_rows
 from tests.support.workload import (
     ANCHOR_BASELINE,
     ARRIVAL,
@@ -30,8 +31,9 @@ def _parity(n: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture
-def sqlite_config(tmp_path: Path) -> Path:
-    return write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", features={"enabled": False})
+def config(tmp_path: Path, store_dsn: str) -> Path:
+    """A config for each backend (the name is historical: PostgreSQL runs the same tests)."""
+    return write_config(tmp_path, store_dsn, features={"enabled": False})
 
 
 def _digest(config: Path, *flags: str) -> str:
@@ -41,24 +43,20 @@ def _digest(config: Path, *flags: str) -> str:
 
 
 def _sql(config: Path, sql: str) -> list[tuple[Any, ...]]:
-    import sqlite3
+    from runtime.settings import load_settings
 
-    conn = sqlite3.connect(config.parent / "store.sqlite")
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+    return query_rows(load_settings(config).store.dsn, sql)
 
 
 @pytest.mark.parametrize("n", [20, 200])
-def test_parity_runs_all_ready_and_repoll_changes_nothing(sqlite_config: Path, n: int) -> None:
-    publish(sqlite_config.parent / "eb", _parity(n))
-    assert ctxplane("run", "--config", str(sqlite_config), "--once").returncode == 0
-    digest = _digest(sqlite_config)
-    assert _sql(sqlite_config, "SELECT count(DISTINCT merchant_id || ':' || arrival_seq) FROM join_frame_roles") == [(n,)]
-    assert _sql(sqlite_config, "SELECT count(*) FROM flow_binding_claims") == [(n,)]
-    assert _sql(sqlite_config, "SELECT count(*) FROM apply_failures") == [(0,)]
-    with CtxplaneProcess(sqlite_config) as proc, Client(f"unix:{sqlite_config.parent / 'q.sock'}") as client:
+def test_parity_runs_all_ready_and_repoll_changes_nothing(config: Path, n: int) -> None:
+    publish(config.parent / "eb", _parity(n))
+    assert ctxplane("run", "--config", str(config), "--once").returncode == 0
+    digest = _digest(config)
+    assert _sql(config, "SELECT count(*) FROM (SELECT DISTINCT merchant_id, arrival_seq FROM join_frame_roles) AS k") == [(n,)]
+    assert _sql(config, "SELECT count(*) FROM flow_binding_claims") == [(n,)]
+    assert _sql(config, "SELECT count(*) FROM apply_failures") == [(0,)]
+    with CtxplaneProcess(config) as proc, Client(f"unix:{config.parent / 'q.sock'}") as client:
         answers = [_resolve(client, f"flow-{seq}") for seq in range(1, n + 1)]
         assert {a["status"] for a in answers} == {"READY"}
         seven = _resolve(client, "flow-7")
@@ -69,26 +67,26 @@ def test_parity_runs_all_ready_and_repoll_changes_nothing(sqlite_config: Path, n
         basis = client.request({"op": "basis", "plane": "join"})["planes"]["join"]
     assert proc.proc is not None and proc.proc.returncode == 0
     # A re-poll over the same bus: nothing new, same state, same basis.
-    assert ctxplane("run", "--config", str(sqlite_config), "--once").returncode == 0
-    assert _digest(sqlite_config) == digest
-    with CtxplaneProcess(sqlite_config), Client(f"unix:{sqlite_config.parent / 'q.sock'}") as client:
+    assert ctxplane("run", "--config", str(config), "--once").returncode == 0
+    assert _digest(config) == digest
+    with CtxplaneProcess(config), Client(f"unix:{config.parent / 'q.sock'}") as client:
         assert client.request({"op": "basis", "plane": "join"})["planes"]["join"]["basis_digest"] == basis["basis_digest"]
 
 
-def test_once_twice_over_redelivered_bus_counts_duplicates(sqlite_config: Path) -> None:
+def test_once_twice_over_redelivered_bus_counts_duplicates(config: Path) -> None:
     items = _parity(10)
-    publish(sqlite_config.parent / "eb", items)
-    assert ctxplane("run", "--config", str(sqlite_config), "--once").returncode == 0
-    first = _digest(sqlite_config)
-    publish(sqlite_config.parent / "eb", items)  # the bus re-delivers everything
-    assert ctxplane("run", "--config", str(sqlite_config), "--once").returncode == 0
-    assert _digest(sqlite_config) == first
-    counters = dict(_sql(sqlite_config, "SELECT name, sum(value) FROM intake_counters GROUP BY name"))
+    publish(config.parent / "eb", items)
+    assert ctxplane("run", "--config", str(config), "--once").returncode == 0
+    first = _digest(config)
+    publish(config.parent / "eb", items)  # the bus re-delivers everything
+    assert ctxplane("run", "--config", str(config), "--once").returncode == 0
+    assert _digest(config) == first
+    counters = dict(_sql(config, "SELECT name, sum(value) FROM intake_counters GROUP BY name"))
     assert counters == {"applied": 30, "duplicate": 30}
 
 
-def test_bad_inputs_become_ledger_rows_and_the_partition_moves_on(sqlite_config: Path) -> None:
-    eb = sqlite_config.parent / "eb"
+def test_bad_inputs_become_ledger_rows_and_the_partition_moves_on(config: Path) -> None:
+    eb = config.parent / "eb"
     seq_events = context_events(1)
     other_run = {**PINS, "platform_run_id": OTHER_RUN}
     mutated = dict(seq_events[0][1], payload={"merchant_id": "m-2", "arrival_seq": 1, "changed": True})
@@ -102,11 +100,11 @@ def test_bad_inputs_become_ledger_rows_and_the_partition_moves_on(sqlite_config:
     append_raw(eb, ARRIVAL[0], 0, b'{"event_id": "x", "event_type": "arrival_events_5B"}\n')
     wrong_type = envelope("s2_event_stream_baseline_6B", {"merchant_id": "m", "arrival_seq": 1}, eid="6" * 64)
     publish(eb, [(ARRIVAL[0], wrong_type)], partitions=1)
-    proc = CtxplaneProcess(sqlite_config, "--once", env={"CTXPLANE__RUN__PLATFORM_RUN_ID": PINS["platform_run_id"]})
+    proc = CtxplaneProcess(config, "--once", env={"CTXPLANE__RUN__PLATFORM_RUN_ID": PINS["platform_run_id"]})
     publish(eb, [(ARRIVAL[0], envelope(ARRIVAL[1], {"merchant_id": "m-9", "arrival_seq": 4}, eid="5" * 64, pins=other_run))], partitions=1)
     proc.start()
     assert proc.wait() == 0
-    reasons = sorted(r for (r,) in _sql(sqlite_config, "SELECT reason_code FROM apply_failures"))
+    reasons = sorted(r for (r,) in _sql(config, "SELECT reason_code FROM apply_failures"))
     assert reasons == sorted([
         "INTAKE_PAYLOAD_HASH_MISMATCH", "JOIN_KEY_MISSING", "FLOW_ID_MISSING", "REQUIRED_PINS_MISSING",
         "ENVELOPE_MISSING", "ENVELOPE_MISSING", "ENVELOPE_MISSING", "ENVELOPE_MISSING", "ENVELOPE_INVALID",
@@ -114,29 +112,29 @@ def test_bad_inputs_become_ledger_rows_and_the_partition_moves_on(sqlite_config:
     ])
     # The checkpoint moved past every record: the partition is not blocked.
     lines = (eb / ARRIVAL[0] / "partition=0.jsonl").read_bytes().count(b"\n")
-    assert _sql(sqlite_config, f"SELECT next_offset FROM checkpoints WHERE topic = '{ARRIVAL[0]}'") == [(str(lines),)]
+    assert _sql(config, f"SELECT next_offset FROM checkpoints WHERE topic = '{ARRIVAL[0]}'") == [(str(lines),)]
     # The first applied version stands.
-    assert _sql(sqlite_config, "SELECT count(*) FROM join_frame_roles WHERE role = 'arrival_event'") == [(1,)]
+    assert _sql(config, "SELECT count(*) FROM join_frame_roles WHERE role = 'arrival_event'") == [(1,)]
 
 
-def test_late_events_are_applied_and_annotated(sqlite_config: Path) -> None:
-    eb = sqlite_config.parent / "eb"
+def test_late_events_are_applied_and_annotated(config: Path) -> None:
+    eb = config.parent / "eb"
     publish(eb, [*context_events(1, ts_s=1000), *context_events(2, ts_s=500), *context_events(3, ts_s=950)], partitions=1)
-    assert ctxplane("run", "--config", str(sqlite_config), "--once").returncode == 0
-    late = _sql(sqlite_config, "SELECT event_id FROM apply_failures WHERE reason_code = 'LATE_CONTEXT_EVENT'")
+    assert ctxplane("run", "--config", str(config), "--once").returncode == 0
+    late = _sql(config, "SELECT event_id FROM apply_failures WHERE reason_code = 'LATE_CONTEXT_EVENT'")
     assert len(late) == 3  # seq 2's three events are > 120 s behind the watermark; seq 3's are within
-    assert _sql(sqlite_config, "SELECT count(*) FROM flow_binding_claims") == [(3,)]
+    assert _sql(config, "SELECT count(*) FROM flow_binding_claims") == [(3,)]
 
 
-def test_every_query_status(sqlite_config: Path) -> None:
-    eb = sqlite_config.parent / "eb"
+def test_every_query_status(config: Path) -> None:
+    eb = config.parent / "eb"
     items = [*context_events(1), *context_events(2)]
     items += [i for i in context_events(3) if i[0] != ARRIVAL[0]]  # incomplete: no arrival event
     items += [context_events(4)[2]]  # orphan anchor: binding, frame has only the anchor
     dup_anchor = envelope(ANCHOR_BASELINE[1], {"merchant_id": "m-6", "arrival_seq": 5, "flow_id": "flow-5-dup"}, eid="d" * 64)
     items += [*context_events(5), (ANCHOR_BASELINE[0], dup_anchor)]  # a key claimed by two flows
     publish(eb, items)
-    with CtxplaneProcess(sqlite_config) as _proc, Client(f"unix:{sqlite_config.parent / 'q.sock'}") as client:
+    with CtxplaneProcess(config) as _proc, Client(f"unix:{config.parent / 'q.sock'}") as client:
         for seq in (1, 2, 3, 4, 5):
             _resolve(client, f"flow-{seq}", wait_ms=2000)
         assert _resolve(client, "flow-1")["status"] == "READY"
@@ -168,10 +166,10 @@ def test_every_query_status(sqlite_config: Path) -> None:
         assert origin_style["status"] == "READY" and origin_style["request_id"] == "q"
 
 
-def test_wait_ms_is_woken_by_the_commit(sqlite_config: Path) -> None:
-    eb = sqlite_config.parent / "eb"
+def test_wait_ms_is_woken_by_the_commit(config: Path) -> None:
+    eb = config.parent / "eb"
     publish(eb, context_events(1))
-    with CtxplaneProcess(sqlite_config), Client(f"unix:{sqlite_config.parent / 'q.sock'}") as client:
+    with CtxplaneProcess(config), Client(f"unix:{config.parent / 'q.sock'}") as client:
         assert _resolve(client, "flow-1", wait_ms=5000)["status"] == "READY"
         assert _resolve(client, "flow-2")["status"] == "MISSING_BINDING"
         # Ask first, publish while the request waits: the answer arrives with the commit.
@@ -184,10 +182,10 @@ def test_wait_ms_is_woken_by_the_commit(sqlite_config: Path) -> None:
         assert answer["status"] == "READY"
 
 
-def test_socket_bad_requests_get_errors_and_the_server_stays_up(sqlite_config: Path) -> None:
-    publish(sqlite_config.parent / "eb", context_events(1))
-    listen = f"unix:{sqlite_config.parent / 'q.sock'}"
-    with CtxplaneProcess(sqlite_config) as proc, Client(listen) as client:
+def test_socket_bad_requests_get_errors_and_the_server_stays_up(config: Path) -> None:
+    publish(config.parent / "eb", context_events(1))
+    listen = f"unix:{config.parent / 'q.sock'}"
+    with CtxplaneProcess(config) as proc, Client(listen) as client:
         assert client.request({"op": "nope"})["code"] == "INVALID_REQUEST"
         no_pins = client.request({"op": "resolve_flow_binding", "flow_id": "flow-1", "request_id": "a"})
         assert (no_pins["status"], no_pins["request_id"]) == ("INVALID_REQUEST", "a") and "pins" in no_pins["detail"]
@@ -203,3 +201,20 @@ def test_socket_bad_requests_get_errors_and_the_server_stays_up(sqlite_config: P
             assert _resolve(other, "flow-1", wait_ms=3000)["status"] == "READY"
         assert proc.proc is not None and proc.proc.poll() is None
     assert proc.proc.returncode == 0
+
+
+def test_same_bus_gives_the_same_digest_on_both_backends(tmp_path: Path) -> None:
+    import anyio
+
+    items = [item for seq in range(1, 41) for item in context_events(seq)]
+    dup = envelope(ANCHOR_BASELINE[1], {"merchant_id": "m-2", "arrival_seq": 1, "flow_id": "flow-1-dup"}, eid="d" * 64)
+    digests = []
+    for backend in ("sqlite", "postgresql"):
+        directory = tmp_path / backend
+        directory.mkdir()
+        config = write_config(directory, anyio.run(fresh_dsn, backend, directory))
+        publish(directory / "eb", [*items, (ANCHOR_BASELINE[0], dup)])
+        append_raw(directory / "eb", ARRIVAL[0], 0, b"junk\n")
+        assert ctxplane("run", "--config", str(config), "--once").returncode == 0
+        digests.append((_digest(config), _digest(config, "--ledger")))
+    assert digests[0] == digests[1]

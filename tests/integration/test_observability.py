@@ -7,9 +7,6 @@ import re
 import socket
 import urllib.request
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from runtime.client import Client
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
@@ -98,8 +95,10 @@ def test_env_override_changes_the_health_verdict(tmp_path: Path) -> None:
         assert health["state"] == "RED" and "APPLY_FAILURES_RED" in health["reasons"]
 
 
-async def test_dsn_password_appears_nowhere(tmp_path: Path) -> None:
-    dsn = await fresh_dsn("postgresql", tmp_path)
+def test_dsn_password_appears_nowhere(tmp_path: Path) -> None:
+    import anyio
+
+    dsn = anyio.run(fresh_dsn, "postgresql", tmp_path)
     secret = "s3cr3t-Pa55word"
     with_password = dsn.replace("postgres@", f"postgres:{secret}@", 1)
     assert secret in with_password
@@ -119,13 +118,8 @@ async def test_dsn_password_appears_nowhere(tmp_path: Path) -> None:
         if path.is_file():
             assert secret not in path.read_text()
     # An unreachable database: the error line names the host, never the password.
-    bad = write_config(tmp_path / "bad" if (tmp_path / "bad").mkdir() is None else tmp_path,
-                       f"postgresql://u:{secret}@127.0.0.1:1/db", store={"busy_timeout_s": 1})
+    (tmp_path / "bad").mkdir()
+    bad = write_config(tmp_path / "bad", f"postgresql://u:{secret}@127.0.0.1:1/db", store={"busy_timeout_s": 1})
     result = ctxplane("migrate", "--config", str(bad))
     assert result.returncode == 1 and secret not in result.stderr + result.stdout
     assert "127.0.0.1" in result.stderr
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover(tmp_path: Path) -> Any:
-    yield

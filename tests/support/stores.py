@@ -34,3 +34,23 @@ async def fresh_dsn(backend: str, tmp_path: Path) -> str:
     finally:
         await conn.close()
     return admin.rsplit("/", 1)[0] + "/" + name
+
+
+def query_rows(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run one read query against any store (for assertions in synchronous tests)."""
+    import anyio
+
+    from runtime.settings import StoreSettings
+    from runtime.store import Fetch, open_store
+
+    def program():  # type: ignore[no-untyped-def]
+        return (yield Fetch(sql, params))
+
+    async def go() -> list[tuple[object, ...]]:
+        store = await open_store(StoreSettings(dsn=dsn))
+        try:
+            return [tuple(row) for row in await store.read(program())]
+        finally:
+            await store.aclose()
+
+    return anyio.run(go)
