@@ -20,7 +20,8 @@ test: $(STAMP)
 	bash ops/run_tests.sh
 
 bench: $(STAMP)
-	$(PY) ops/bench/run.py
+	$(PY) ops/bench/ingest_bench.py
+	$(PY) ops/bench/kernel_bench.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from actors._progress import IngestProgress
@@ -33,6 +34,10 @@ from runtime.kernel import Actor, ActorContext, ActorRef
 from runtime.store import StoreBackend
 
 __all__ = ("PartitionActor", "PartitionConfig")
+
+
+# Records classified between two yields to the event loop (~1 ms of work).
+_YIELD_EVERY = 64
 
 
 class ApplyRejected(CtxplaneError):
@@ -144,7 +149,11 @@ class PartitionActor(Actor):
         watermark = self.watermark_us
         allowed = cfg.allowed_lateness_us
         verdicts = []
-        for record in result.records:
+        for index, record in enumerate(result.records):
+            if index and not index % _YIELD_EVERY:
+                # Let the query actor answer between chunks: a 2000-record batch classifies in
+                # tens of milliseconds, which would otherwise be a latency spike for every query.
+                await anyio.lowlevel.checkpoint()
             verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw)
             if type(verdict) is Accepted:
                 ts = verdict.ts_us

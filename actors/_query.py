@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 import structlog
 from anyio.abc import TaskStatus
 
@@ -24,8 +30,8 @@ from contracts._time import now_utc
 from runtime.exceptions import AskTimeout, ActorUnavailable, StoreError, StoreUnavailable
 from runtime.kernel import Actor, ActorContext, ActorRef
 from runtime.server import LineServer, error_response
-from runtime.settings import QuerySettings
-from runtime.store import StoreBackend
+from runtime.settings import QuerySettings, StoreSettings
+from runtime.store import StoreBackend, open_store
 
 __all__ = ("QueryActor",)
 
@@ -44,7 +50,7 @@ class QueryActor(Actor):
         self,
         settings: QuerySettings,
         *,
-        store: StoreBackend,
+        store_settings: StoreSettings,
         scope: str,
         required_roles: tuple[str, ...],
         checkpoint: ActorRef,
@@ -54,7 +60,8 @@ class QueryActor(Actor):
         counts: Counter[str] | None = None,
     ) -> None:
         self._settings = settings
-        self.store = store
+        self._store_settings = store_settings
+        self.store: StoreBackend | Any = None  # opened on the query loop
         self._scope = scope
         self._required_roles = required_roles
         self._checkpoint = checkpoint
@@ -62,7 +69,8 @@ class QueryActor(Actor):
         self._features = features
         self._observer = observer
         self._counts: Counter[str] = counts if counts is not None else Counter()
-        self._pending = anyio.CapacityLimiter(settings.max_pending)
+        self._main_token: Any = None
+        self._pending: anyio.CapacityLimiter | None = None
         self._waiters: dict[tuple[Any, ...], set[anyio.Event]] = defaultdict(set)
         self._any_commit: set[anyio.Event] = set()
         self._ops: dict[str, OpHandler] = {
@@ -75,25 +83,58 @@ class QueryActor(Actor):
             self._ops["get_features"] = self._get_features
 
     async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        s = self._settings
-        server = LineServer(s.listen, self.handle, max_line=s.max_request_bytes, max_connections=s.max_connections,
-                            idle_timeout_s=s.idle_timeout_s, auth_token=s.auth_token)
-        async with anyio.create_task_group() as tg:
-            await tg.start(server.serve)
+        """Serve the socket on a dedicated event-loop thread, forward commit notifications to it.
+
+        Decision-time queries must not queue behind ingest work: on the main loop they would wait
+        for every partition actor's classification chunk and the store-writer's thread. On their
+        own loop (own read connections, own waiters) they only share the interpreter, whose switch
+        interval the process keeps short.
+        """
+        self._main_token = anyio.lowlevel.current_token()
+        portal_cm = start_blocking_portal(name="ctxplane-query")
+        portal = await anyio.to_thread.run_sync(portal_cm.__enter__)
+        server_future = None
+        try:
+            self.store = await anyio.to_thread.run_sync(portal.call, self._open_on_query_loop)
+            server = await anyio.to_thread.run_sync(portal.call, self._make_server)
+            server_future, _ = await anyio.to_thread.run_sync(portal.start_task, server.serve)
             await self.started(ctx)
             task_status.started()
-            log.info("query endpoint listening", listen=s.listen)
+            log.info("query endpoint listening", listen=self._settings.listen)
             while True:
                 message = await ctx.mailbox.get()
                 if ctx.is_stop(message):
                     break
                 payload, reply = ctx.unwrap(message)
                 if type(payload) is Committed:
-                    self._wake(payload)
+                    portal.start_task_soon(self._wake, payload)
                 if reply is not None:
                     reply.send({"waiters": sum(len(v) for v in self._waiters.values())})
-            tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_query_loop, portal_cm, portal, server_future)
         await self.stopping()
+
+    async def _open_on_query_loop(self) -> StoreBackend:
+        self._pending = anyio.CapacityLimiter(self._settings.max_pending)
+        return await open_store(self._store_settings, inline_reads=True)
+
+    def _make_server(self) -> LineServer:
+        s = self._settings
+        return LineServer(s.listen, self.handle, max_line=s.max_request_bytes, max_connections=s.max_connections,
+                          idle_timeout_s=s.idle_timeout_s, auth_token=s.auth_token)
+
+    def _close_query_loop(self, portal_cm: Any, portal: BlockingPortal, server_future: Future[Any] | None) -> None:
+        if server_future is not None:
+            server_future.cancel()
+        if self.store is not None:
+            portal.call(self.store.aclose)
+        portal_cm.__exit__(None, None, None)
+
+    async def _in_main(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Await ``func(*args)`` on the main loop (actor refs live there) from the query loop."""
+        token = self._main_token
+        return await anyio.to_thread.run_sync(lambda: anyio.from_thread.run(func, *args, token=token))
 
     # -- commit notifications ---------------------------------------------------------------
 
@@ -144,6 +185,7 @@ class QueryActor(Actor):
         deadline_ms = request.get("deadline_ms", self._settings.default_deadline_ms)
         if type(deadline_ms) is not int or deadline_ms <= 0:
             return self._failure(op, request, Reason.INVALID_REQUEST, "deadline_ms must be a positive integer", retryable=False)
+        assert self._pending is not None
         try:
             self._pending.acquire_nowait()
         except anyio.WouldBlock:
@@ -189,7 +231,7 @@ class QueryActor(Actor):
 
     async def _lag(self) -> dict[str, Any] | None:
         try:
-            snap = await self._checkpoint.ask("positions", timeout=0.2)
+            snap = await self._in_main(partial(self._checkpoint.ask, timeout=0.2), "positions")
         except (AskTimeout, ActorUnavailable):
             return None
         parts = [p for p in snap["partitions"] if p["plane"] == "join"]  # type: ignore[index]
@@ -230,7 +272,7 @@ class QueryActor(Actor):
 
     async def _health_op(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         try:
-            report = await self._health.ask("report", timeout=max(0.05, deadline_s * 0.8))
+            report = await self._in_main(partial(self._health.ask, timeout=max(0.05, deadline_s * 0.8)), "report")
         except (AskTimeout, ActorUnavailable) as exc:
             return {"status": "OK", "request_id": request.get("request_id"), "health": {"state": "RED", "reasons": ["HEALTH_UNAVAILABLE"], "detail": str(exc)}}
         return {"status": "OK", "request_id": request.get("request_id"), "health": report}

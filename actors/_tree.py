@@ -3,10 +3,10 @@
     root (rest_for_one)
     ├── store-writer        owns the write connection; group commits; acks; announces Committed
     ├── checkpoint          committed offsets, watermarks, lag per partition
+    ├── query               socket endpoint; wait_ms waiters woken by Committed
     ├── partitions (one_for_one)
     │   ├── discovery       starts partition actors for partitions that appear later
     │   └── partition:<topic>:<n> × N
-    ├── query               socket endpoint; wait_ms waiters woken by Committed
     └── health              GREEN / AMBER / RED
 """
 
@@ -171,7 +171,7 @@ def build_root(app: AppContext) -> Supervisor:
 
     def query() -> QueryActor:
         return QueryActor(
-            s.query, store=app.read_store, scope=app.scope, required_roles=tuple(s.join_plane.required_roles),
+            s.query, store_settings=s.store, scope=app.scope, required_roles=tuple(s.join_plane.required_roles),
             checkpoint=registry.ref(CHECKPOINT), health=registry.ref(HEALTH), features=app.features,
             observer=app.observer, counts=app.query_counts,
         )
@@ -189,8 +189,10 @@ def build_root(app: AppContext) -> Supervisor:
     children = [
         ChildSpec(STORE_WRITER, store_writer, mailbox_capacity=s.ingest.store_writer_mailbox, shutdown_timeout=30.0),
         ChildSpec(CHECKPOINT, checkpoint, mailbox_capacity=256),
-        ChildSpec("partitions", lambda: _partitions_supervisor(app), shutdown_timeout=60.0),
+        # The query endpoint starts before the partitions: after a restart it answers from the
+        # store at once, while the partition actors are still starting and catching up.
         ChildSpec(QUERY, query, mailbox_capacity=256),
+        ChildSpec("partitions", lambda: _partitions_supervisor(app), shutdown_timeout=60.0),
         ChildSpec(HEALTH, health, mailbox_capacity=64),
     ]
     return Supervisor(

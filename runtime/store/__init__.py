@@ -25,8 +25,10 @@ __all__ = (
 )
 
 
-async def open_store(settings: StoreSettings) -> StoreBackend:
+async def open_store(settings: StoreSettings, *, inline_reads: bool = False) -> StoreBackend:
     """Connect to the store named by ``settings.dsn``.
+
+    ``inline_reads`` (SQLite): run reads on the caller's thread — for a loop dedicated to queries.
 
     Raises:
         StoreUnavailable: the database cannot be reached (message carries no password).
@@ -35,7 +37,8 @@ async def open_store(settings: StoreSettings) -> StoreBackend:
         from runtime.store._sqlite import open_sqlite
 
         return await open_sqlite(
-            settings.sqlite_path, synchronous=settings.synchronous, busy_timeout_s=settings.busy_timeout_s
+            settings.sqlite_path, synchronous=settings.synchronous, busy_timeout_s=settings.busy_timeout_s,
+            inline_reads=inline_reads,
         )
     try:
         from runtime.store._postgres import open_postgres

@@ -63,7 +63,8 @@ CREATE TABLE flow_binding_claims (
     partition_id INTEGER NOT NULL,
     source_offset TEXT NOT NULL,
     offset_kind TEXT NOT NULL,
-    PRIMARY KEY (platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq, event_id)
+    -- flow_id leads: a lookup by frame key must not be tempted by a (run, scenario) prefix scan.
+    PRIMARY KEY (flow_id, platform_run_id, scenario_run_id, merchant_id, arrival_seq, event_id)
 ) {without_rowid};
 
 CREATE INDEX flow_binding_claims_by_key
