@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     from runtime.cli_bus import add_bus_parser
 
     add_bus_parser(sub)
+    from runtime.cli_replay import add_replay_parser
+    add_replay_parser(sub)
     return parser
 
 
