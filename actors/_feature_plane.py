@@ -185,12 +185,13 @@ class FeaturePlane:
                                  parsed.request_id, served_at=now_utc())
         until = anyio.current_time() + parsed.wait_ms / 1000
         while True:
+            seen = query.commits_seen
             read = await query.store.read(self.read_program(parsed))
             watermark = read.basis["watermark_ts_utc"]
             if (watermark is not None and watermark >= parsed.as_of_time_utc) or anyio.current_time() >= until:
                 break
             with anyio.move_on_after(until - anyio.current_time()):
-                await query.wait_for_commit()
+                await query.wait_for_commit(since=seen)
         snapshot = build_snapshot(self.policy, parsed, read, run_config_digest=self.run_config_digest,
                                   offset_kind=self.offset_kind)
         return {"status": "OK", "request_id": parsed.request_id, "served_at_utc": now_utc(), "snapshot": snapshot}

@@ -73,6 +73,7 @@ class QueryActor(Actor):
         self._pending: anyio.CapacityLimiter | None = None
         self._waiters: dict[tuple[Any, ...], set[anyio.Event]] = defaultdict(set)
         self._any_commit: set[anyio.Event] = set()
+        self.commits_seen = 0  # Committed announcements delivered to the query loop
         self._ops: dict[str, OpHandler] = {
             "resolve_flow_binding": self._join,
             "fetch_join_frame": self._join,
@@ -139,6 +140,7 @@ class QueryActor(Actor):
     # -- commit notifications ---------------------------------------------------------------
 
     def _wake(self, committed: Committed) -> None:
+        self.commits_seen += 1
         for flow in committed.touched_flows:
             for event in self._waiters.pop(("flow", *flow), ()):
                 event.set()
@@ -150,11 +152,15 @@ class QueryActor(Actor):
                 event.set()
             self._any_commit.clear()
 
-    async def wait_for_commit(self) -> None:
-        """Return after the next commit that advanced any partition."""
-        await self._wait_for([], any_commit=True)
+    async def wait_for_commit(self, since: int) -> None:
+        """Return after a commit newer than ``since`` (a ``commits_seen`` value noted before a read)."""
+        await self._wait_for([], any_commit=True, since=since)
 
-    async def _wait_for(self, keys: list[tuple[Any, ...]], any_commit: bool) -> None:
+    async def _wait_for(self, keys: list[tuple[Any, ...]], any_commit: bool, since: int) -> None:
+        """Wait for a commit touching ``keys`` (or any commit) — unless one already arrived since
+        ``since``: a commit that landed while the caller was reading must not be slept through."""
+        if self.commits_seen != since:
+            return
         event = anyio.Event()
         for key in keys:
             self._waiters[key].add(event)
@@ -245,6 +251,7 @@ class QueryActor(Actor):
             return invalid_join_answer(detail, request, request_id, resolved_at=now_utc())
         until = anyio.current_time() + parsed.wait_ms / 1000
         while True:
+            seen = self.commits_seen
             snap = await self.store.read(join_snapshot_program(parsed, scope=self._scope))
             answer = answer_join(parsed, snap, resolved_at=now_utc(), required_roles=self._required_roles)
             status_ready = answer["status"] not in ("MISSING_BINDING", "MISSING_JOIN_FRAME")
@@ -260,7 +267,7 @@ class QueryActor(Actor):
             if key is not None:
                 keys.append(("frame", key["platform_run_id"], key["scenario_run_id"], key["merchant_id"], key["arrival_seq"]))
             with anyio.move_on_after(remaining):
-                await self._wait_for(keys, any_commit=False)
+                await self._wait_for(keys, any_commit=False, since=seen)
 
     async def _basis(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         plane = request.get("plane")
