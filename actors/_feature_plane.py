@@ -17,7 +17,7 @@ import anyio
 from actors._reads import checkpoints_program, plane_stream
 from contracts._intake import Accepted
 from contracts._join import basis_of
-from contracts._time import now_utc
+from contracts._time import now_utc, parse_ts_us
 from contracts.features import (
     Agg,
     FeaturePolicy,
@@ -138,8 +138,11 @@ class FeaturePlane:
         run, scenario = request.pins["platform_run_id"], request.pins["scenario_run_id"]
         checkpoints = yield from checkpoints_program(self.scope, "features")
         basis = basis_of(plane_stream("features", self.scope), checkpoints)
-        rows = yield Fetch("SELECT meta_value FROM store_meta WHERE meta_key = ?", (CUTOFF_KEY,))
-        cutoff = int(rows[0][0]) if rows else None
+        # Serve from the retention cut-off implied by the basis itself (newest watermark − retention),
+        # not from how far pruning happened to get: two stores at the same basis then answer alike,
+        # whatever their pruning history (pruning never passes this cut-off).
+        watermark = basis["watermark_ts_utc"]
+        cutoff = parse_ts_us(watermark) - self.retention_us if watermark is not None else None
         groups, _missing = served_groups(self.policy, request)
         aggregates: dict[tuple[str, str, int], Agg] = {}
         seen: set[tuple[str, str]] = set()
@@ -165,12 +168,17 @@ class FeaturePlane:
             if raw_terms:
                 raws = yield Fetch(f"SELECT ts_us, amount_units FROM feature_raw WHERE {scope} AND ({' OR '.join(raw_terms)})",
                                    params + raw_params)
+            if cutoff is not None:
+                raws = [r for r in raws if r[0] > cutoff]
+                tiles = [t for t in tiles if t[1] >= first_kept_tile(cutoff, t[0])]
             for duration, plan in plans.items():
                 aggregates[(key_type, key_id, duration)] = evaluate(plan, raws, tiles)
             if tiles or raws:
                 seen.add((key_type, key_id))
             else:
-                exists = yield Fetch(f"SELECT 1 FROM feature_tiles WHERE {scope} LIMIT 1", params)
+                kept = "" if cutoff is None else f" AND tile_id >= ? AND level_s = {LEVELS_SECONDS[-1]}"
+                extra = [] if cutoff is None else [first_kept_tile(cutoff, LEVELS_SECONDS[-1])]
+                exists = yield Fetch(f"SELECT 1 FROM feature_tiles WHERE {scope}{kept} LIMIT 1", params + extra)
                 if exists:
                     seen.add((key_type, key_id))
         return FeaturesRead(basis, aggregates, frozenset(seen), cutoff)

@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ("Actor", "ActorContext", "ActorRef", "ActorSnapshot", "Registry", "Reply", "serve_actor")
 
-_ACCEPTING: Final = frozenset({ActorState.STARTING, ActorState.RUNNING})
+# A STOPPING actor still accepts messages until it ends: a graceful stop finishes in-flight work,
+# and that work may need replies (a partition actor waits for the acks of its in-flight batches).
+_ACCEPTING: Final = frozenset({ActorState.STARTING, ActorState.RUNNING, ActorState.STOPPING})
 
 
 @final
@@ -121,7 +123,7 @@ class _Ask:
 class _Incarnation:
     """One run of one actor instance: its mailbox, lifecycle and unanswered asks.
 
-    Invariant: ``accepting`` is True exactly while the lifecycle is STARTING or RUNNING; it is
+    Invariant: ``accepting`` is True exactly while the lifecycle is STARTING, RUNNING or STOPPING; it is
     a cached copy so ``tell`` checks a bool instead of a set membership.
     """
 

@@ -330,10 +330,14 @@ async def test_store_answers_equal_brute_force_for_any_batching_with_pruning(
         # Same events, any batching / interleaving / re-delivery / pruning: the same semantic state.
         assert await state_digest(store_a) == await state_digest(store_b)
 
-        # A pruned key stays seen while a kept tile holds it: a day tile straddling the cut-off is kept whole.
-        kept_from = cutoff - cutoff % DAY
-        seen_b = {(t, k) for e in events for t in ("flow_id", "merchant_id")
-                  if (k := e.key(t)) is not None and (e.ts_us > kept_from or e.eid not in before_prune)}
+        # Both stores serve from the cut-off implied by their (equal) basis — final watermark minus
+        # retention — not from how far pruning got: their snapshots are identical, hash included.
+        logical = max(e.ts_us for e in events) - RETENTION
+        assert logical >= cutoff  # pruning never passes the logical cut-off
+        # A key is seen while a kept day tile holds it (a day tile straddling the cut-off is kept whole).
+        kept_from = logical - logical % DAY
+        seen_kept = {(t, k) for e in events for t in ("flow_id", "merchant_id")
+                     if (k := e.key(t)) is not None and e.ts_us > kept_from}
         for (kind, value, delta), ask_unseen in as_ofs:
             if kind == "event":
                 as_of = events[value % len(events)].ts_us + delta
@@ -342,10 +346,17 @@ async def test_store_answers_equal_brute_force_for_any_batching_with_pruning(
             else:
                 as_of = max(e.ts_us for e in events) + 1 + value
             asked = keys + ([("flow_id", "f-404"), ("device_id", "d-1")] if ask_unseen else [])
-            got_a = await _served(store_a, plane, as_of, asked, None)
-            assert got_a == _expected(plane, events, parts_a, as_of, asked, seen=seen, cutoff=None), iso(as_of)
-            got_b = await _served(store_b, plane, as_of, asked, cutoff)
-            assert got_b == _expected(plane, events, parts_b, as_of, asked, seen=seen_b, cutoff=cutoff), iso(as_of)
+            request = _request(as_of, asked)
+            snap_a = build_snapshot(plane.policy, request, await store_a.read(plane.read_program(request)),
+                                    run_config_digest=plane.run_config_digest, offset_kind="file_line")
+            snap_b = build_snapshot(plane.policy, request, await store_b.read(plane.read_program(request)),
+                                    run_config_digest=plane.run_config_digest, offset_kind="file_line")
+            assert {k: v for k, v in snap_a.items() if k not in ("eb_offset_basis", "snapshot_hash")} == \
+                   {k: v for k, v in snap_b.items() if k not in ("eb_offset_basis", "snapshot_hash")}, iso(as_of)
+            got_a = await _served(store_a, plane, as_of, asked, logical)
+            assert got_a == _expected(plane, events, parts_a, as_of, asked, seen=seen_kept, cutoff=logical), iso(as_of)
+            got_b = await _served(store_b, plane, as_of, asked, logical)
+            assert got_b == _expected(plane, events, parts_b, as_of, asked, seen=seen_kept, cutoff=logical), iso(as_of)
     finally:
         await store_a.aclose()
         await store_b.aclose()

@@ -241,7 +241,9 @@ async def test_blocked_senders_are_released_when_the_actor_crashes() -> None:
     assert ref.statistics().depth == 0  # "buffered" died with the incarnation
 
 
-async def test_graceful_stop_handles_queued_messages_first_and_refuses_new_ones() -> None:
+async def test_graceful_stop_handles_queued_messages_first_and_still_accepts_late_ones() -> None:
+    """A STOPPING actor accepts messages (in-flight work may need replies); the default loop ends
+    at the stop sentinel, so what arrives after it is not handled."""
     (registry, rec, log), gate = kit(), anyio.Event()
     sup = make_supervisor([gate_spec(log, gate)], registry=registry, recorder=rec)
     async with anyio.create_task_group() as tg:
@@ -251,10 +253,11 @@ async def test_graceful_stop_handles_queued_messages_first_and_refuses_new_ones(
             await ref.tell(message)
         tg.start_soon(sup.stop)
         await rec.wait_for(lambda: ref.state is S.STOPPING)
-        with pytest.raises(ActorUnavailable, match="is stopping"):
-            await ref.tell("too late")
+        await ref.tell("too late")  # accepted while STOPPING
         gate.set()
     assert log == ["m1", "m2", "m3", "stopping"]
+    with pytest.raises(ActorUnavailable, match="is stopped"):
+        await ref.tell("after the end")
     assert rec.states_of("g") == [S.STARTING, S.RUNNING, S.STOPPING, S.STOPPED]
 
 
