@@ -115,6 +115,14 @@ _CHECKS: dict[str, tuple[bool, Any]] = {
     "payload": (False, lambda v: type(v) is dict),
 }
 _REQUIRED = tuple(name for name, (required, _) in _CHECKS.items() if required)
+_REQUIRED_SET = frozenset(_REQUIRED)
+_ALLOWED = frozenset(_CHECKS)
+# The run-identity fields repeat on every event of a run: once a combination is known valid, it is
+# not re-checked field by field (a bounded cache; a run has a handful of combinations).
+_PIN_GROUP = ("manifest_fingerprint", "parameter_hash", "seed", "scenario_id", "run_id", "platform_run_id",
+              "scenario_run_id")
+_PER_EVENT = tuple(name for name in _CHECKS if name not in _PIN_GROUP)
+_valid_pin_groups: set[tuple[Any, ...]] = set()
 
 
 def envelope_error(envelope: dict[str, Any]) -> str | None:
@@ -122,17 +130,30 @@ def envelope_error(envelope: dict[str, Any]) -> str | None:
 
     ``null`` for an optional field counts as absent, as in :class:`Envelope`.
     """
-    for name in _REQUIRED:
+    keys = envelope.keys()
+    if not _REQUIRED_SET <= keys:
+        for name in _REQUIRED:
+            if name not in envelope:
+                return f"missing required field {name}"
+    if not keys <= _ALLOWED:
+        for name in envelope:
+            if name not in _ALLOWED:
+                return f"unexpected top-level field {name}"
+    # Types are part of the key: True == 1 and 1.0 == 1 in Python, but only the int is a valid seed.
+    group = tuple((type(v), v) for v in map(envelope.get, _PIN_GROUP))
+    hashable = all(t is not dict and t is not list for t, _ in group)
+    known = hashable and group in _valid_pin_groups
+    for name in _PER_EVENT if known else _CHECKS:
         if name not in envelope:
-            return f"missing required field {name}"
-    for name, value in envelope.items():
-        entry = _CHECKS.get(name)
-        if entry is None:
-            return f"unexpected top-level field {name}"
-        if value is None and not entry[0]:
             continue
-        if not entry[1](value):
+        value = envelope[name]
+        required, check = _CHECKS[name]
+        if value is None and not required:
+            continue
+        if not check(value):
             return f"invalid {name}"
+    if not known and hashable and len(_valid_pin_groups) < 1024:
+        _valid_pin_groups.add(group)
     return None
 
 

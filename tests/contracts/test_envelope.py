@@ -62,3 +62,12 @@ def test_pins() -> None:
     assert pins_error({**PINS, "seed": None}) == "pins.seed is required"
     assert pins_error({**PINS, "scenario_run_id": "x"}) == "pins.scenario_run_id is invalid"
     assert pins_error({**PINS, "flow_id": "x"}) == "pins.flow_id is not a pin"
+
+
+def test_a_known_valid_run_identity_does_not_whitelist_lookalike_values() -> None:
+    assert envelope_error(VALID) is None  # caches this run identity as valid
+    assert envelope_error({**VALID, "seed": True}) == "invalid seed"  # True == 42? no, but True == 1
+    one = {**VALID, "seed": 1}
+    assert envelope_error(one) is None
+    assert envelope_error({**one, "seed": True}) == "invalid seed"
+    assert envelope_error({**one, "seed": 1.0}) == "invalid seed"
