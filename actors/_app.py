@@ -33,7 +33,9 @@ def scope_of(settings: Settings) -> str:
 def open_bus(settings: Settings) -> EventBus:
     if settings.bus.kind == "file":
         return FileBus(settings.bus.root, start_position=settings.bus.start_position)
-    raise UsageError("bus.kind: kinesis is not available in this build")
+    from runtime.bus import kinesis_bus_from_settings
+
+    return kinesis_bus_from_settings(settings.bus)
 
 
 def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:

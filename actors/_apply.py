@@ -1,6 +1,7 @@
 """The apply program: one group commit of ApplyBatches as one transaction (both backends).
 
 Steps (the store-writer runs this inside one write transaction; the numbers match the code):
+  0. leased batches only: lock and check each lease epoch, else LeaseLost (actors/_fencing.py);
   1. look up the dedupe registry for every accepted event;
   2. classify each record in arrival order: new, duplicate, payload-hash mismatch, rejected, ignored;
   3. write the effects of new events: pins, dedupe rows, join role rows and binding claims, feature
@@ -23,6 +24,7 @@ from typing import Any, TypeAlias
 
 import orjson
 
+from actors._fencing import fence_program
 from contracts._canonical import canonical_json, sha256_hex
 from contracts._classes import Plane, Role
 from contracts._intake import Accepted, Ignored, Rejected, SourceRef
@@ -161,6 +163,11 @@ def apply_program(
     outcome = ApplyOutcome()
     ledger = _Ledger(recorded_at, outcome)
     accepted = [v for batch in batches for v in batch.verdicts if type(v) is Accepted]
+
+    # Step 0 (leases; guards step 6): every leased batch's lease row must still carry its epoch.
+    # Checked first and locked until the commit, so a stale batch writes nothing at all and no
+    # thief can take the partition over mid-transaction; else LeaseLost rolls back (actors/_fencing.py).
+    yield from fence_program(batches)
 
     # Step 1: the dedupe registry for every accepted event.
     registry: dict[tuple[str, str, str], str] = {}

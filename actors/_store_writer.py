@@ -22,6 +22,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from actors._apply import ApplyOutcome, FeatureWriter, apply_program
+from actors._fencing import LeaseLost, refuse_fenced
 from contracts._messages import ApplyBatch, Applied, Committed
 from contracts._time import now_utc
 from runtime.exceptions import ActorUnavailable, StoreUnavailable
@@ -132,6 +133,12 @@ class StoreWriter(Actor):
                     apply_program(batches, recorded_at=now_utc(), features=self._features)
                 )
                 break
+            except LeaseLost as lost:
+                # Fenced: batches read under a lost lease never commit; refuse them, re-run the rest.
+                batches = await refuse_fenced(batches, lost)
+                if not batches:
+                    return
+                continue
             except StoreUnavailable as exc:
                 self._set_available(False, str(exc))
                 log.warning("store unavailable; holding batches and retrying", error=str(exc),

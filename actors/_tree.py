@@ -22,6 +22,7 @@ import structlog
 
 from actors._checkpoint import CheckpointActor
 from actors._health import HealthActor
+from actors._leases import assigner_spec, assignment_mode
 from actors._partition import PartitionActor, PartitionConfig
 from actors._progress import IngestProgress
 from actors._query import QueryActor
@@ -80,7 +81,11 @@ def _rules(app: AppContext, plane: Plane) -> IntakeRules:
     )
 
 
-def _partition_spec(app: AppContext, topic: str, partition: int, plane: str) -> ChildSpec:
+def _partition_spec(
+    app: AppContext, topic: str, partition: int, plane: str, writer: Callable[[], Any] | None = None
+) -> ChildSpec:
+    """``writer``: builds what the actor sends its batches to, per incarnation (leases: a
+    LeasedWriter stamping the lease epoch); default the store-writer's ref."""
     s = app.settings
     lateness = s.join_plane.allowed_lateness_s if plane == "join" else s.features.allowed_lateness_s
     config = PartitionConfig(
@@ -93,7 +98,7 @@ def _partition_spec(app: AppContext, topic: str, partition: int, plane: str) -> 
         name=partition_name(topic, partition),
         factory=lambda: PartitionActor(
             config, bus=app.bus, store=app.read_store, rules=_rules(app, Plane(plane)),
-            writer=app.registry.ref(STORE_WRITER), progress=app.progress,
+            writer=writer() if writer is not None else app.registry.ref(STORE_WRITER), progress=app.progress,
         ),
         # Acks (at most inflight_batches) plus a stop sentinel and a few status asks.
         mailbox_capacity=s.ingest.inflight_batches + 8,
@@ -139,8 +144,16 @@ class DiscoveryActor(Actor):
 
 def _partitions_supervisor(app: AppContext) -> Supervisor:
     holder: list[Supervisor] = []
-    children = [ChildSpec(name="discovery", factory=lambda: DiscoveryActor(app, lambda: holder[0]), mailbox_capacity=4)]
-    children += [_partition_spec(app, topic, partition, plane) for (topic, partition), plane in sorted(app.partitions.items())]
+    mode = assignment_mode(app.settings)
+    if mode != "static":
+        # Kinesis or leases: the assigner starts/stops partition actors (lineage gating, leases).
+        children = [assigner_spec(
+            mode=mode, app=app, supervisor=lambda: holder[0], writer=app.registry.ref(STORE_WRITER),
+            spec_for=lambda topic, partition, plane, writer: _partition_spec(app, topic, partition, plane, writer),
+        )]
+    else:
+        children = [ChildSpec(name="discovery", factory=lambda: DiscoveryActor(app, lambda: holder[0]), mailbox_capacity=4)]
+        children += [_partition_spec(app, topic, partition, plane) for (topic, partition), plane in sorted(app.partitions.items())]
     sup = Supervisor(
         "partitions", children, strategy=Strategy.ONE_FOR_ONE, registry=app.registry,
         intensity=Intensity(max_restarts=10, period=10.0), observer=app.observer,
@@ -152,6 +165,7 @@ def _partitions_supervisor(app: AppContext) -> Supervisor:
 def build_root(app: AppContext) -> Supervisor:
     s = app.settings
     registry = app.registry
+    assignment_mode(s)  # refuse leases on SQLite before anything starts (UsageError)
 
     def open_writer_store() -> Any:
         return open_store(s.store)

@@ -3,6 +3,8 @@
 #   PostgreSQL: ops/pg_up.sh (a throwaway server in the system temp dir; installed with apt if
 #   missing), stopped by ops/pg_down.sh on any exit. CTXPLANE_REQUIRE_PG=1 turns "PostgreSQL not
 #   running" from a skip into a failure, so `make test` can never pass without the PostgreSQL cases.
+#   Kinesis: ops/kinesis_up.sh (moto's server on loopback, patched to AWS resharding semantics),
+#   stopped by ops/kinesis_down.sh; CTXPLANE_REQUIRE_KINESIS=1 does the same for the Kinesis cases.
 # Arguments are passed to pytest (e.g. `bash ops/run_tests.sh tests/runtime/store -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +17,9 @@ eval "$pg_env"
 trap 'ops/pg_down.sh' EXIT
 trap 'exit 130' INT TERM  # run the EXIT trap on Ctrl-C / kill too
 export CTXPLANE_REQUIRE_PG=1
+kinesis_env="$(ops/kinesis_up.sh)"
+eval "$kinesis_env"
+trap 'ops/kinesis_down.sh; ops/pg_down.sh' EXIT
+export CTXPLANE_REQUIRE_KINESIS=1
 
 .venv/bin/python -m pytest -q "$@"

@@ -127,21 +127,30 @@ def add_bus_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     tail.set_defaults(func=cmd_bus_tail)
 
 
-def _file_bus_root(args: argparse.Namespace) -> Path:
-    """The file bus root named by ``--root`` or by the config's ``bus`` section.
-
-    Raises:
-        UsageError: the config names a Kinesis bus (not in this build), or is invalid.
-    """
+def _bus_location(args: argparse.Namespace) -> tuple[Path | None, Any]:
+    """``(file bus root, None)`` for ``--root`` or a file-bus config; ``(None, bus settings)`` when
+    ``--config`` names a Kinesis bus. The config is loaded once."""
     if args.root is not None:
-        return Path(args.root)
+        return Path(args.root), None
     # Imported here: settings pulls in pydantic models the --root path never needs.
     from runtime.settings import load_settings
 
     settings = load_settings(args.config)
     if settings.bus.kind == "kinesis":
-        raise UsageError("kinesis bus is not available in this build")
-    return Path(settings.bus.root)
+        return None, settings.bus
+    return Path(settings.bus.root), None
+
+
+def _file_bus_root(args: argparse.Namespace) -> Path:
+    """The file bus root named by ``--root`` or by the config's ``bus`` section.
+
+    Raises:
+        UsageError: the config names a Kinesis bus (``tail`` reads file buses only), or is invalid.
+    """
+    root, _kinesis = _bus_location(args)
+    if root is None:
+        raise UsageError("bus tail reads file buses only; the config names a Kinesis bus")
+    return root
 
 
 def _open_input(source: str) -> IO[bytes]:
@@ -199,15 +208,21 @@ def _os_failure(exc: OSError, doing: str) -> CtxplaneError:
 
 def cmd_bus_publish(args: argparse.Namespace) -> int:
     """``bus publish``: validate every input line first (nothing is published if one is bad), then
-    publish all with one fsync per partition file. Prints ``published N records to T (P
-    partitions)``."""
-    root = _file_bus_root(args)
+    publish all with one fsync per partition file (Kinesis: PutRecords batches). Prints
+    ``published N records to T (P partitions)``."""
+    root, kinesis = _bus_location(args)
     stream = _open_input(args.input)
     try:
         items = parse_envelope_lines(stream, args.key_field)
     finally:
         if stream is not getattr(sys.stdin, "buffer", None):
             stream.close()
+    if kinesis is not None:
+        from runtime.cli_bus_kinesis import publish_to_kinesis
+
+        print(publish_to_kinesis(kinesis, args.topic, items, args.partitions))
+        return 0
+    assert root is not None
 
     async def run() -> int:
         async with FileBus(root) as bus:
@@ -233,8 +248,15 @@ def cmd_bus_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_bus_create(args: argparse.Namespace) -> int:
-    """``bus create``: create the topic's N partition files; a no-op if they already exist."""
-    root = _file_bus_root(args)
+    """``bus create``: create the topic's N partition files (Kinesis: a stream with N shards,
+    waiting until it is active); a no-op if they already exist."""
+    root, kinesis = _bus_location(args)
+    if kinesis is not None:
+        from runtime.cli_bus_kinesis import create_on_kinesis
+
+        print(create_on_kinesis(kinesis, args.topic, args.partitions))
+        return 0
+    assert root is not None
 
     async def run() -> bool:
         async with FileBus(root) as bus:

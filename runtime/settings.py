@@ -28,6 +28,7 @@ __all__ = (
     "FeaturesSettings",
     "IngestSettings",
     "JoinPlaneSettings",
+    "LeaseSettings",
     "LoggingSettings",
     "MetricsSettings",
     "QuerySettings",
@@ -169,6 +170,18 @@ class HealthSettings(_Section):
     artifact_interval_s: float = Field(default=10.0, gt=0)
 
 
+class LeaseSettings(_Section):
+    """Partition leases for scale-out (actors/_leases.py; PostgreSQL only). Active when ``enabled``
+    or when the store is PostgreSQL and ``bus.kind`` is kinesis."""
+
+    enabled: bool = False
+    # A lease not renewed for this long is free for another process to take.
+    duration_s: float = Field(default=10.0, gt=0)
+    # Renew (and rebalance) this often; well under duration_s so one slow round never loses leases.
+    renew_every_s: float = Field(default=3.0, gt=0)
+    owner: str | None = None  # None: "<hostname>:<pid>"
+
+
 class Settings(_Section):
     run: RunSettings = RunSettings()
     store: StoreSettings = StoreSettings()
@@ -180,6 +193,7 @@ class Settings(_Section):
     ingest: IngestSettings = IngestSettings()
     logging: LoggingSettings = LoggingSettings()
     health: HealthSettings = HealthSettings()
+    leases: LeaseSettings = LeaseSettings()
     source: Path | None = Field(default=None, exclude=True)
 
     def topics(self) -> dict[str, str]:
