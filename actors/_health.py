@@ -32,6 +32,10 @@ __all__ = ("HealthActor", "write_atomically")
 log = structlog.get_logger("ctxplane.health")
 
 _ANNOTATIONS = ("LATE_CONTEXT_EVENT", "LATE_TRAFFIC_EVENT")
+# The periodic ledger read takes milliseconds on a healthy store; past this the store counts as
+# unavailable. It bounds how long a store that stopped answering (a blackholed path) holds up the
+# health actor, and with it an ask queued behind that read (the `health` op waits 0.8 s).
+_STORE_READ_TIMEOUT_S = 0.5
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -92,6 +96,7 @@ class HealthActor(Actor):
         self._started_at = time.time()
         self.report: dict[str, Any] | None = None
         self._ledger: tuple[dict[str, int], list[dict[str, Any]]] = ({}, [])
+        self._store_read_ok = True  # the last ledger read answered
 
     async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -107,13 +112,16 @@ class HealthActor(Actor):
                     break
                 _payload, reply = ctx.unwrap(message)
                 if reply is not None:
-                    reply.send(await self.refresh())  # an asker gets the state as of now
+                    # An asker gets the state as of now. While the last read failed, the store is
+                    # not read again for it (the periodic refresh finds out when it is back): an
+                    # ask must not wait on a store that stopped answering.
+                    reply.send(await self.refresh(read_store=self._store_read_ok))
         await self.refresh()
         if self._artifact_path is not None:
             await self.write_artifact()
         await self.stopping()
 
-    async def refresh(self) -> dict[str, Any]:
+    async def refresh(self, *, read_store: bool = True) -> dict[str, Any]:
         now = time.time()
         try:
             positions = await self._checkpoint.ask("positions", timeout=0.5)
@@ -121,10 +129,15 @@ class HealthActor(Actor):
             positions = {"partitions": [], "last_commit_age_s": None}
         partitions: list[dict[str, Any]] = positions["partitions"]  # type: ignore[index]
         store_ok = self._metrics.store_is_available if self._metrics is not None else True
-        try:
-            self._ledger = await self._store.read(ledger_program(self._policy.max_unresolved_anomalies))
-        except StoreError:
-            store_ok = False
+        if read_store:
+            try:
+                # Bounded: a blackholed store must not freeze the health report (RED is the answer then).
+                with anyio.fail_after(_STORE_READ_TIMEOUT_S):
+                    self._ledger = await self._store.read(ledger_program(self._policy.max_unresolved_anomalies))
+                self._store_read_ok = True
+            except (StoreError, TimeoutError):
+                self._store_read_ok = False
+        store_ok = store_ok and self._store_read_ok
         counts = self._ledger[0]
         watermarks = [parse_ts_us(p["watermark_ts_utc"]) for p in partitions if p.get("watermark_ts_utc")]
         waiting = [p for p in partitions if p.get("lag")]

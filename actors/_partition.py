@@ -14,6 +14,7 @@ not the read cursor, is where a restarted incarnation begins.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
+from actors._faults import InjectedFault, InjectFault
 from actors._progress import IngestProgress
 from actors._reads import checkpoints_program
 from contracts._classes import Plane
@@ -30,7 +32,7 @@ from contracts._messages import ApplyBatch, Applied, ApplyFailed
 from contracts._time import parse_ts_us
 from runtime.bus import EventBus
 from runtime.exceptions import CtxplaneError
-from runtime.kernel import Actor, ActorContext, ActorRef
+from runtime.kernel import Actor, ActorContext, ActorRef, ActorState
 from runtime.store import StoreBackend
 
 __all__ = ("PartitionActor", "PartitionConfig")
@@ -38,6 +40,12 @@ __all__ = ("PartitionActor", "PartitionConfig")
 
 # Records classified between two yields to the event loop (~1 ms of work).
 _YIELD_EVERY = 64
+# While stopping with batches in flight: how often to check that the store-writer is still alive.
+_ACK_RECHECK_S = 0.05
+# Batch sequence numbers are ``incarnation << _SEQ_BITS | n``; 2^40 batches outlast any incarnation.
+_SEQ_BITS = 40
+# Incarnation numbers, process-wide (a counter only ever read through next(): no other state).
+_INCARNATIONS = itertools.count(1)
 
 
 class ApplyRejected(CtxplaneError):
@@ -76,6 +84,8 @@ class PartitionActor(Actor):
         self._progress = progress
         self.position: str | None = None
         self.watermark_us: int | None = None
+        # Batch numbers of this incarnation: its own high bits, so acks meant for an earlier one are told apart.
+        self._seq_base = next(_INCARNATIONS) << _SEQ_BITS
 
     async def started(self, ctx: ActorContext) -> None:
         cfg = self.config
@@ -91,7 +101,7 @@ class PartitionActor(Actor):
         cfg = self.config
         key = (cfg.topic, cfg.partition)
         inflight: deque[int] = deque()
-        seq = 0
+        seq = self._seq_base
         stopping = False
         self._progress.register(key)
         while True:
@@ -103,9 +113,14 @@ class PartitionActor(Actor):
                     break
                 stopping |= self._handle(ctx, message, inflight)
             if stopping:
-                if not inflight:
+                if not inflight or not _writer_alive(self._writer):
+                    # Acks come only from the store-writer incarnation that took the batches: if it
+                    # crashed (its rest_for_one restart is what stops us), they never will, and
+                    # waiting would hold the whole restart for our shutdown timeout. The batches
+                    # were not committed; the next incarnation re-reads them from the checkpoint.
                     break
-                stopping |= self._handle(ctx, await ctx.mailbox.get(), inflight)
+                with anyio.move_on_after(_ACK_RECHECK_S):
+                    stopping |= self._handle(ctx, await ctx.mailbox.get(), inflight)
                 continue
             if len(inflight) < cfg.inflight_batches:
                 batch = await self._next_batch(ctx, seq)
@@ -129,6 +144,12 @@ class PartitionActor(Actor):
         if ctx.is_stop(message):
             return True
         payload, reply = ctx.unwrap(message)
+        if (type(payload) is Applied or type(payload) is ApplyFailed) and payload.seq >> _SEQ_BITS != self._seq_base >> _SEQ_BITS:
+            # The answer to a batch of an earlier incarnation that crashed with it in flight (acks
+            # go to the name, so they reach us): not ours. That incarnation's position is gone;
+            # we resume from the committed checkpoint, so a batch that did commit is re-read and
+            # counted as duplicates, one that did not is simply read again.
+            return False
         if type(payload) is Applied:
             expected = inflight.popleft() if inflight else None
             if payload.seq != expected:
@@ -136,6 +157,8 @@ class PartitionActor(Actor):
             self._progress.committed((self.config.topic, self.config.partition), payload.next_offset)
         elif type(payload) is ApplyFailed:
             raise ApplyRejected(f"{ctx.name}: batch {payload.seq} was not applied: {payload.error}")
+        elif type(payload) is InjectFault:  # drills only (actors/_faults.py)
+            raise InjectedFault(f"{ctx.name}: crashed on purpose by {payload.label}")
         if reply is not None:
             reply.send({"position": self.position, "inflight": len(inflight)})
         return False
@@ -169,6 +192,12 @@ class PartitionActor(Actor):
             offset_kind=self._bus.offset_kind, verdicts=tuple(verdicts), next_offset=result.next_position,
             watermark_us=watermark, seq=seq, reply_to=ctx.self_ref,
         )
+
+
+def _writer_alive(writer: Any) -> bool:
+    """False once the store-writer incarnation our batches went to has ended (crashed or stopped)."""
+    state = getattr(writer, "state", ActorState.RUNNING)  # a writer without a state (a wrapper): assume alive
+    return state in (ActorState.STARTING, ActorState.RUNNING, ActorState.STOPPING)
 
 
 def _late(verdict: Accepted, watermark: int) -> Accepted:

@@ -42,6 +42,17 @@ def wait_budget_ms(deadline_s: float) -> int:
     return max(0, int(deadline_s * 1000 * 0.9) - 5)
 
 
+def query_read_timeout_s(settings: QuerySettings) -> float:
+    """The bound on one store read of a query (PostgreSQL): half the default deadline, at most 0.5 s.
+
+    A read on a healthy store takes milliseconds; one that has not answered by then is waiting on
+    a server that is down or unreachable. Failing it there answers ``UNAVAILABLE /
+    STORE_UNAVAILABLE`` (retryable) within the deadline instead of ``DEADLINE_EXCEEDED`` at it,
+    and frees the pooled connection for the next request.
+    """
+    return min(0.5, settings.default_deadline_ms / 2000)
+
+
 OpHandler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
 
 
@@ -118,7 +129,12 @@ class QueryActor(Actor):
 
     async def _open_on_query_loop(self) -> StoreBackend:
         self._pending = anyio.CapacityLimiter(self._settings.max_pending)
-        return await open_store(self._store_settings, inline_reads=True)
+        return await open_store(self._store_settings, inline_reads=True, read_timeout_s=query_read_timeout_s(self._settings))
+
+    def add_op(self, op: str, handler: OpHandler) -> None:
+        """Serve ``op`` with ``handler(request, deadline_s)`` (called on the query loop, under the
+        request's deadline and the pending limit, like the built-in ops). Call before ``run``."""
+        self._ops[op] = handler
 
     def _make_server(self) -> LineServer:
         s = self._settings

@@ -8,6 +8,10 @@ Commit protocol, per group commit (steps match the code):
      loss, no crash loop — partition actors stall on backpressure meanwhile;
   4. after the commit returned, reply ``Applied`` to each batch's sender, in order;
   5. announce ``Committed`` to the checkpoint and query actors (wakes ``wait_ms`` waiters).
+
+Between group commits it also runs :class:`RunWrite` requests (a drill's checkpoint rewind), so such
+a write never interleaves with a commit; and it crashes on :class:`~actors._faults.InjectFault`
+(drills only, see ``actors/_faults.py``).
 """
 
 from __future__ import annotations
@@ -15,21 +19,24 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
 from actors._apply import ApplyOutcome, FeatureWriter, apply_program
+from actors._faults import InjectedFault, InjectFault
 from actors._fencing import LeaseLost, refuse_fenced
 from contracts._messages import ApplyBatch, Applied, Committed
 from contracts._time import now_utc
-from runtime.exceptions import ActorUnavailable, StoreUnavailable
-from runtime.kernel import Actor, ActorContext, ActorRef
-from runtime.store import StoreBackend
+from runtime.exceptions import ActorUnavailable, CtxplaneError, StoreUnavailable
+from runtime.kernel import Actor, ActorContext, ActorRef, Reply
+from runtime.store import Program, StoreBackend
 
-__all__ = ("StoreWriter", "StoreWriterConfig")
+__all__ = ("RunWrite", "StoreWriter", "StoreWriterConfig", "WriteResult")
+
+T = TypeVar("T")
 
 log = structlog.get_logger("ctxplane.store_writer")
 
@@ -42,6 +49,27 @@ class StoreWriterConfig:
     group_commit_max_records: int
     retry_initial_s: float = 0.05
     retry_max_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunWrite:
+    """Ask the store-writer to run ``build()`` as one write transaction between group commits.
+
+    The answer is a :class:`WriteResult`. The program is retried while the store is unavailable
+    (like a commit); ``build`` is called once per attempt, so it must return a fresh program.
+    """
+
+    build: Callable[[], Program[Any]]
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The answer to :class:`RunWrite`: the program's return value, or why it failed."""
+
+    ok: bool
+    value: Any = None
+    error: str | None = None
 
 
 class StoreWriter(Actor):
@@ -63,6 +91,7 @@ class StoreWriter(Actor):
         self._observer = observer
         self._store: StoreBackend | None = None
         self._commit_seq = 0
+        self._writes: list[tuple[RunWrite, Reply]] = []
         self.available = True
 
     async def started(self, ctx: ActorContext) -> None:
@@ -71,7 +100,25 @@ class StoreWriter(Actor):
             # Recorded so `ctxplane digest` can apply the same retention rule from the store alone.
             from actors._feature_plane import retention_meta_program
 
-            await self._store.write(retention_meta_program(self._feature_plane.retention_us))
+            # Retried, not raised: a failed start counts toward the restart intensity, so a store
+            # that drops between connect and this write would turn an outage into a crash loop.
+            retention_us = self._feature_plane.retention_us
+            await self._write_retrying(lambda: retention_meta_program(retention_us))
+
+    async def _write_retrying(self, build: Callable[[], Program[T]]) -> T:
+        """Run ``build()`` in one write transaction, retrying with capped backoff while unavailable."""
+        delay = self.config.retry_initial_s
+        while True:
+            assert self._store is not None
+            try:
+                value = await self._store.write(build())
+            except StoreUnavailable as exc:
+                self._set_available(False, str(exc))
+                await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            self._set_available(True, None)
+            return value
 
     async def _connect(self) -> StoreBackend:
         delay = self.config.retry_initial_s
@@ -96,6 +143,8 @@ class StoreWriter(Actor):
                 batches, stop = self._drain(ctx, first)
                 if batches:
                     await self._commit(batches)
+                if self._writes:
+                    await self._run_writes()
             await self.stopping()
         finally:
             if self._store is not None:
@@ -109,10 +158,17 @@ class StoreWriter(Actor):
         while True:
             payload, reply = ctx.unwrap(message)
             if reply is not None:
-                reply.send({"commit_seq": self._commit_seq, "available": self.available})
+                if type(payload) is RunWrite:
+                    self._writes.append((payload, reply))  # run after this group commit
+                else:
+                    reply.send({"commit_seq": self._commit_seq, "available": self.available})
             elif type(payload) is ApplyBatch:
                 batches.append(payload)
                 records += len(payload.verdicts)
+            elif type(payload) is InjectFault:
+                # A drill's deliberate crash: the batches drained so far are lost with this
+                # incarnation, as in any crash; their partitions restart from the checkpoints.
+                raise InjectedFault(f"{ctx.name}: crashed on purpose by {payload.label}")
             if records >= self.config.group_commit_max_records:
                 return batches, False
             try:
@@ -158,6 +214,18 @@ class StoreWriter(Actor):
         # Step 5: announce.
         await self._announce(outcome)
         await self._maybe_prune(outcome)
+
+    async def _run_writes(self) -> None:
+        """Answer the queued :class:`RunWrite` requests, in arrival order, one transaction each."""
+        writes, self._writes = self._writes, []
+        for request, reply in writes:
+            try:
+                value = await self._write_retrying(request.build)
+            except CtxplaneError as exc:  # the program refused (UsageError) or a non-transient StoreError
+                log.warning("requested write failed", label=request.label, error=str(exc))
+                reply.send(WriteResult(ok=False, error=str(exc)))
+            else:
+                reply.send(WriteResult(ok=True, value=value))
 
     async def _maybe_prune(self, outcome: ApplyOutcome) -> None:
         """Retention: every PRUNE_EVERY commits, drop feature state older than the longest ttl."""

@@ -7,7 +7,8 @@
     ├── partitions (one_for_one)
     │   ├── discovery       starts partition actors for partitions that appear later
     │   └── partition:<topic>:<n> × N
-    └── health              GREEN / AMBER / RED
+    ├── health              GREEN / AMBER / RED
+    └── drills              drill controller, only with drills.enabled (actors/_drills.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import anyio
 import structlog
 
 from actors._checkpoint import CheckpointActor
+from actors._drills import DRILLS, DrillGate, drill_controller_spec
 from actors._health import HealthActor
 from actors._leases import assigner_spec, assignment_mode
 from actors._partition import PartitionActor, PartitionConfig
@@ -65,6 +67,7 @@ class AppContext:
     observer: Any = None  # metrics observer
     query_counts: Counter[str] = field(default_factory=Counter)  # join_misses, missing_features, ...
     health_policy: HealthPolicy | None = None
+    supervisors: dict[str, Supervisor] = field(default_factory=dict)  # current root / partitions (drills)
 
 
 def _rules(app: AppContext, plane: Plane) -> IntakeRules:
@@ -159,6 +162,7 @@ def _partitions_supervisor(app: AppContext) -> Supervisor:
         intensity=Intensity(max_restarts=10, period=10.0), observer=app.observer,
     )
     holder.append(sup)
+    app.supervisors["partitions"] = sup
     return sup
 
 
@@ -183,12 +187,16 @@ def build_root(app: AppContext) -> Supervisor:
     def checkpoint() -> CheckpointActor:
         return CheckpointActor(store=app.read_store, bus=app.bus, scope=app.scope, partitions=dict(app.partitions))
 
+    drill_gate = DrillGate.for_settings(s.drills.enabled, s.query, registry.ref(DRILLS))
+
     def query() -> QueryActor:
-        return QueryActor(
+        actor = QueryActor(
             s.query, store_settings=s.store, scope=app.scope, required_roles=tuple(s.join_plane.required_roles),
             checkpoint=registry.ref(CHECKPOINT), health=registry.ref(HEALTH), features=app.features,
             observer=app.observer, counts=app.query_counts,
         )
+        actor.add_op("drill", drill_gate.handle)
+        return actor
 
     def health() -> HealthActor:
         assert app.health_policy is not None
@@ -209,9 +217,16 @@ def build_root(app: AppContext) -> Supervisor:
         ChildSpec("partitions", lambda: _partitions_supervisor(app), shutdown_timeout=60.0),
         ChildSpec(HEALTH, health, mailbox_capacity=64),
     ]
-    return Supervisor(
+    if s.drills.enabled:  # last: it acts on everything before it (actors/_drills.py)
+        children.append(drill_controller_spec(
+            app, drill_gate, store_writer=registry.ref(STORE_WRITER),
+            partition_spec=lambda topic, partition: _partition_spec(app, topic, partition, app.partitions[(topic, partition)]),
+        ))
+    root = Supervisor(
         "root", children, strategy=Strategy.REST_FOR_ONE, registry=registry,
         intensity=Intensity(max_restarts=5, period=30.0), backoff=Backoff(initial=0.1, maximum=5.0),
         observer=app.observer,
     )
+    app.supervisors["root"] = root
+    return root
 

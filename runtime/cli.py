@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bus_parser(sub)
     from runtime.cli_replay import add_replay_parser
     add_replay_parser(sub)
+    from runtime.cli_drill import add_drill_parser
+    add_drill_parser(sub)
     return parser
 
 

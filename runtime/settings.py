@@ -25,6 +25,7 @@ from runtime.exceptions import ConfigError
 
 __all__ = (
     "BusSettings",
+    "DrillSettings",
     "FeaturesSettings",
     "IngestSettings",
     "JoinPlaneSettings",
@@ -182,6 +183,14 @@ class LeaseSettings(_Section):
     owner: str | None = None  # None: "<hostname>:<pid>"
 
 
+class DrillSettings(_Section):
+    """Failure drills (``ctxplane drill``; actors/_drills.py). Off by default: with ``enabled: false``
+    the process has no drill controller and the ``drill`` op is refused, so nothing can inject a
+    fault into a production process by accident."""
+
+    enabled: bool = False
+
+
 class Settings(_Section):
     run: RunSettings = RunSettings()
     store: StoreSettings = StoreSettings()
@@ -193,6 +202,7 @@ class Settings(_Section):
     ingest: IngestSettings = IngestSettings()
     logging: LoggingSettings = LoggingSettings()
     health: HealthSettings = HealthSettings()
+    drills: DrillSettings = DrillSettings()
     leases: LeaseSettings = LeaseSettings()
     source: Path | None = Field(default=None, exclude=True)
 

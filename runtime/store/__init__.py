@@ -25,10 +25,14 @@ __all__ = (
 )
 
 
-async def open_store(settings: StoreSettings, *, inline_reads: bool = False) -> StoreBackend:
+async def open_store(
+    settings: StoreSettings, *, inline_reads: bool = False, read_timeout_s: float | None = None
+) -> StoreBackend:
     """Connect to the store named by ``settings.dsn``.
 
     ``inline_reads`` (SQLite): run reads on the caller's thread — for a loop dedicated to queries.
+    ``read_timeout_s`` (PostgreSQL): bound every read, connecting included; an unanswered read
+    raises StoreUnavailable after that long (SQLite reads are local files: not needed there).
 
     Raises:
         StoreUnavailable: the database cannot be reached (message carries no password).
@@ -44,4 +48,4 @@ async def open_store(settings: StoreSettings, *, inline_reads: bool = False) -> 
         from runtime.store._postgres import open_postgres
     except ImportError:  # pragma: no cover - the PostgreSQL backend ships with the package
         raise UsageError("the PostgreSQL backend is not available in this build") from None
-    return await open_postgres(settings)
+    return await open_postgres(settings, read_timeout_s=read_timeout_s)

@@ -123,10 +123,14 @@ class PostgresStore(StoreBackend):
 
     dialect = POSTGRES
 
-    def __init__(self, dsn: str, *, timeout_s: float, min_size: int = POOL_MIN_SIZE, max_size: int = POOL_MAX_SIZE) -> None:
+    def __init__(
+        self, dsn: str, *, timeout_s: float, min_size: int = POOL_MIN_SIZE, max_size: int = POOL_MAX_SIZE,
+        read_timeout_s: float | None = None,
+    ) -> None:
         self._dsn = dsn
         self._redact = _Redactor(dsn)
         self._timeout_s = timeout_s
+        self._read_timeout_s = read_timeout_s
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -166,7 +170,23 @@ class PostgresStore(StoreBackend):
         return await self._run(program, isolation="read_committed", readonly=False)
 
     async def read(self, program: Program[T]) -> T:
-        return await self._run(program, isolation="repeatable_read", readonly=True)
+        """Run ``program`` in one REPEATABLE READ, READ ONLY snapshot.
+
+        With ``read_timeout_s``, the whole read (acquire, connect, every statement) is bounded: a
+        server that stopped answering (a blackholed path) fails the read with StoreUnavailable
+        after that long, instead of after the 60 s command timeout. The query endpoint uses this
+        so that a read during an outage answers UNAVAILABLE within the request's deadline.
+        """
+        if self._read_timeout_s is None:
+            return await self._run(program, isolation="repeatable_read", readonly=True)
+        try:
+            with anyio.fail_after(self._read_timeout_s):
+                return await self._run(program, isolation="repeatable_read", readonly=True)
+        except TimeoutError:
+            # The cancelled read terminated its connection (``_run`` step 4): nothing is reused.
+            raise StoreUnavailable(
+                f"postgresql store {self._redact.dsn} unavailable (read): no answer within {self._read_timeout_s} s"
+            ) from None
 
     async def aclose(self) -> None:
         """Close the pool: wait (bounded) for connections in use, then close them all."""
@@ -331,14 +351,14 @@ async def _drive(conn: Any, program: Program[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
 
 
-async def open_postgres(settings: StoreSettings) -> PostgresStore:
+async def open_postgres(settings: StoreSettings, *, read_timeout_s: float | None = None) -> PostgresStore:
     """Connect to the PostgreSQL store named by ``settings.dsn``.
 
     ``settings.busy_timeout_s`` bounds each connection attempt and each wait for a free pooled
-    connection.
+    connection; ``read_timeout_s``, when given, bounds each whole read (see :meth:`PostgresStore.read`).
 
     Raises:
         StoreUnavailable: the server cannot be reached (the message carries no password).
         StoreError: the server refused the connection for a reason a retry will not fix.
     """
-    return await PostgresStore(settings.dsn, timeout_s=settings.busy_timeout_s).open()
+    return await PostgresStore(settings.dsn, timeout_s=settings.busy_timeout_s, read_timeout_s=read_timeout_s).open()
