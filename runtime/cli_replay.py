@@ -16,17 +16,9 @@ from typing import Any
 import anyio
 import orjson
 
+from runtime.cli_bus import _non_negative_int
+
 __all__ = ("add_replay_parser", "cmd_checkpoint_manifest", "cmd_checkpoint_rewind", "cmd_replay")
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def _positive_int(text: str) -> int:
