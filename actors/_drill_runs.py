@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -149,18 +150,23 @@ class _Fault:
 
     def __init__(self, options: DbOutageOptions) -> None:
         self.options = options
+        self._server_options = ""
 
     async def on(self) -> None:
         if self.options.method == "proxy":
             await self._proxy(self.options.fault)
         else:
+            self._server_options = _server_options(os.path.join(str(self.options.pgroot), "data"))
             await self._pg_ctl("stop", "-m", "immediate")
 
     async def off(self) -> None:
         if self.options.method == "proxy":
             await self._proxy("restore")
         else:
-            await self._pg_ctl("start", "-l", os.path.join(str(self.options.pgroot), "server.log"))
+            # Started again exactly as it ran (port, socket directory, settings): pg_ctl start
+            # alone would fall back to the defaults.
+            await self._pg_ctl("start", "-l", os.path.join(str(self.options.pgroot), "server.log"),
+                               "-o", self._server_options)
 
     async def _proxy(self, command: str) -> None:
         from runtime.faultproxy import control
@@ -180,6 +186,26 @@ class _Fault:
         if result.returncode != 0:
             raise CtxplaneError(f"pg_ctl {args[0]} failed (exit {result.returncode}): "
                                 f"{result.stderr.decode(errors='replace').strip()[-300:]}")
+
+
+def _server_options(data_dir: str) -> str:
+    """The command-line options the running server was started with (from ``postmaster.opts``),
+    minus the binary and its data directory, as one string for ``pg_ctl start -o``."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.opts"), encoding="utf-8") as fh:
+            words = shlex.split(fh.read())
+    except OSError as exc:
+        raise CtxplaneError(f"cannot read the server's options from {data_dir}/postmaster.opts: {exc}") from None
+    options: list[str] = []
+    skip = False
+    for word in words[1:]:
+        if skip:
+            skip = False
+        elif word == "-D":
+            skip = True
+        else:
+            options.append(word)
+    return shlex.join(options)
 
 
 @dataclass(slots=True)

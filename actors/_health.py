@@ -188,9 +188,12 @@ class HealthActor(Actor):
         assert self._artifact_path is not None
         report = self.report or await self.refresh()
         try:
-            basis = await self._store.read(basis_program(self._scope, ("join", "features")))
+            with anyio.fail_after(_STORE_READ_TIMEOUT_S):  # bounded like the ledger read
+                basis = await self._store.read(basis_program(self._scope, ("join", "features")))
         except StoreError as exc:
             basis = {"error": str(exc)}
+        except TimeoutError:
+            basis = {"error": f"the store did not answer within {_STORE_READ_TIMEOUT_S} s"}
         artifact = {
             "generated_at_utc": now_utc(),
             "health": {k: report[k] for k in ("state", "reasons", "signals", "policy", "checked_at_utc")},

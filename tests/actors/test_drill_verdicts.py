@@ -161,3 +161,11 @@ def test_a_report_passes_only_when_every_check_holds() -> None:
     assert text.splitlines()[0] == "drill x: FAIL (1 of 2 checks failed: two)"
     assert "a=1 ok=yes" in text and "nested" not in text.splitlines()[1] and "[FAIL] two: d2" in text
     assert report.as_json()["verdict"] == "FAIL"
+
+
+def test_pg_ctl_restarts_the_server_with_the_options_it_ran_with(tmp_path: Any) -> None:
+    from actors._drill_runs import _server_options
+
+    (tmp_path / "postmaster.opts").write_text(
+        '/usr/lib/postgresql/15/bin/postgres "-D" "/tmp/pg x/data" "-p" "55477" "-k" "/tmp/pg x" "-c" "fsync=off"\n')
+    assert _server_options(str(tmp_path)) == "-p 55477 -k '/tmp/pg x' -c fsync=off"
