@@ -172,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     except CtxplaneError as exc:
         print(f"ctxplane: {exc}", file=sys.stderr)
         return 1
