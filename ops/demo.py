@@ -104,10 +104,14 @@ def main() -> int:
                 "feature_groups": [{"name": "core_features", "version": "v1"}, {"name": "entity_velocity", "version": "v1"}],
             })
             show_features(features)
+            section("5. ctxplane status (health, lag and watermark per partition)")
+            from runtime.status_view import render_status
+
+            print(render_status(client.request({"op": "health"})))
     finally:
         proc.terminate()
         code = proc.wait(30)
-    section("5. stopped cleanly on SIGTERM" if code == 0 else f"5. supervisor exited with {code}")
+    section("6. stopped cleanly on SIGTERM" if code == 0 else f"6. supervisor exited with {code}")
     print(f"  state digest  {ctxplane('digest', '--config', str(config)).stdout.strip()}")
     print(f"  ledger digest {ctxplane('digest', '--config', str(config), '--ledger').stdout.strip()}")
     print(f"  (run `.venv/bin/ctxplane run --config {config.relative_to(ROOT)}` and "
