@@ -60,8 +60,9 @@ async def open_ready_store(settings: Settings) -> StoreBackend:
     store = await open_store(settings.store)
     try:
         await store.ensure_schema(auto_migrate=settings.store.auto_migrate)
-    except BaseException:
-        await store.aclose()
+    except BaseException:  # refused or cancelled: close what we opened (even when cancelled), re-raise
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
         raise
     return store
 

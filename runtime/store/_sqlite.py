@@ -116,7 +116,7 @@ class SqliteStore(StoreBackend):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = run_program_sync(conn, program)
-            except BaseException:
+            except BaseException:  # any failure, cancellation included: roll back, then re-raise
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
@@ -138,7 +138,7 @@ class SqliteStore(StoreBackend):
                     result = self._read_sync(conn, program)
                 else:
                     result = await anyio.to_thread.run_sync(self._read_sync, conn, program)
-            except BaseException:
+            except BaseException:  # a connection that failed mid-read is not reused; re-raise
                 if conn is not None:
                     conn.close()
                 raise
