@@ -176,29 +176,14 @@ def evaluate(
         The exact :class:`Agg` of the events with ``plan.start_us < ts ≤ plan.end_us``
         (``Agg.EMPTY`` if none).
     """
-    count = amount_sum = amount_count = 0
-    amin: int | None = None
-    amax: int | None = None
-    last: int | None = None
-
     raw_ranges = plan.raw
+    raw = Agg.EMPTY
     if raw_ranges:
-        for ts, amount in raw_rows:
-            for lo, hi in raw_ranges:
-                if lo < ts <= hi:
-                    break
-            else:
-                continue
-            count += 1
-            if last is None or ts > last:
-                last = ts
-            if amount is not None:
-                amount_sum += amount
-                amount_count += 1
-                if amin is None or amount < amin:
-                    amin = amount
-                if amax is None or amount > amax:
-                    amax = amount
+        raw = Agg.of_events(
+            (ts, amount) for ts, amount in raw_rows if any(lo < ts <= hi for lo, hi in raw_ranges)
+        )
+    count, amount_sum, amount_count = raw.count, raw.amount_sum, raw.amount_count
+    amin, amax, last = raw.amount_min, raw.amount_max, raw.last_ts_us
 
     tile_ranges = plan.tiles
     if tile_ranges:
