@@ -20,7 +20,7 @@ FLOWS = 50
 
 
 def ctxplane(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, "-m", "ctxplane.actors.app.cli", *args], capture_output=True, text=True, check=False)
 
 
 def section(title: str) -> None:
@@ -58,8 +58,8 @@ def show_features(answer: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    from runtime.client import Client
-    from runtime.demo_workload import demo_expectations
+    from ctxplane.runtime.client import Client
+    from ctxplane.actors.operate.demo_workload import demo_expectations
 
     shutil.rmtree(DEMO, ignore_errors=True)
     DEMO.mkdir(parents=True)
@@ -77,7 +77,7 @@ def main() -> int:
 
     section("2. run the supervisor (file bus + SQLite) and query it over its Unix socket")
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config)],
                             stderr=subprocess.PIPE, text=True)
     expect = demo_expectations(FLOWS)
     listen = f"unix:{DEMO / 'ctxplane.sock'}"
@@ -105,7 +105,7 @@ def main() -> int:
             })
             show_features(features)
             section("5. ctxplane status (health, lag and watermark per partition)")
-            from runtime.status_view import render_status
+            from ctxplane.actors.app.status_view import render_status
 
             print(render_status(client.request({"op": "health"})))
     finally:
@@ -123,7 +123,7 @@ def _connect(listen: str, proc: subprocess.Popen[str]) -> Any:
     """Connect once the supervisor logs that it is running; keep draining its log meanwhile."""
     import threading
 
-    from runtime.client import Client
+    from ctxplane.runtime.client import Client
 
     running = threading.Event()
     errors: list[str] = []

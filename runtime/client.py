@@ -16,8 +16,8 @@ import anyio
 import orjson
 from anyio.abc import ByteStream
 
-from runtime.exceptions import CtxplaneError
-from runtime.server import parse_listen
+from ctxplane.runtime.exceptions import CtxplaneError
+from ctxplane.runtime.server import parse_listen
 
 __all__ = ("AsyncClient", "Client", "QueryEndpointUnavailable")
 

@@ -88,7 +88,7 @@ class StoreUnavailable(StoreError):
 class BusError(CtxplaneError):
     """An event-bus adapter refused an operation: a bad topic name, a malformed bus layout, a
     topic that exists with a different partition count, or an envelope without a partition key.
-    Raised by ``runtime.bus``; retrying the same call will fail the same way."""
+    Raised by ``ctxplane.runtime.bus``; retrying the same call will fail the same way."""
 
 
 class BusPositionError(BusError, ValueError):

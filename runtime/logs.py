@@ -1,7 +1,7 @@
 """structlog set-up: console lines for people (local profiles), JSON lines for machines (production).
 
 Configured once per process by the CLI; library code only calls ``structlog.get_logger``. Secrets
-never reach a log line: DSNs are logged through :func:`runtime.settings.redact_dsn` only.
+never reach a log line: DSNs are logged through :func:`ctxplane.config.settings.redact_dsn` only.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import structlog
 
-from runtime.settings import LoggingSettings
+from ctxplane.config.settings import LoggingSettings
 
 __all__ = ("configure_logging",)
 

@@ -21,7 +21,7 @@ import anyio
 import orjson
 from anyio.abc import ByteStream, Listener, TaskStatus
 
-from runtime.exceptions import UsageError
+from ctxplane.runtime.exceptions import UsageError
 
 __all__ = ("Handler", "LineServer", "error_response", "is_loopback", "parse_listen")
 

@@ -101,7 +101,7 @@ def _stamp(line: str) -> float | None:
 
 
 def ingest_once(config: Path, events: int) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "run", "--config", str(config), "--once"],
+    proc = subprocess.run([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config), "--once"],
                           capture_output=True, text=True, check=True)
     start = end = listening = None
     for line in proc.stderr.splitlines():
@@ -137,7 +137,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 _CLIENT = r'''
 import sys, time, json
-from runtime.client import Client
+from ctxplane.runtime.client import Client
 listen, kind, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 payload = json.load(open(sys.argv[4]))
 samples, statuses = [], {}
@@ -162,7 +162,7 @@ print(json.dumps({"samples": samples, "statuses": statuses}))
 def _publisher(eb: Path, rate: float, seconds: float, start_seq: int) -> subprocess.Popen[bytes]:
     code = r'''
 import sys, time, anyio
-from runtime.bus import FileBus, partition_key_for
+from ctxplane.runtime.bus import FileBus, partition_key_for
 from tests.support.workload import context_events
 eb, rate, seconds, start = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 async def main():
@@ -200,9 +200,9 @@ def latency_under_ingest(directory: Path, backend: str, rate: float, seconds: fl
                                        eid=f"{i:064x}", ts_s=i * span_s / hot_events)) for i in range(hot_events)]
     publish(eb, hot, partitions=4)
     config = _config(work, _fresh_dsn(backend, work))
-    subprocess.run([sys.executable, "-m", "runtime.cli", "run", "--config", str(config), "--once"], check=True,
+    subprocess.run([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config), "--once"], check=True,
                    capture_output=True)
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", "--config", str(config)], stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config)], stderr=subprocess.PIPE,
                             text=True)
     try:
         for line in proc.stderr:  # type: ignore[union-attr]
@@ -245,7 +245,7 @@ def main() -> int:
     parser.add_argument("--hot-events", type=int, default=100_000)
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
-    from runtime.demo_workload import write_demo_bus
+    from ctxplane.actors.operate.demo_workload import write_demo_bus
 
     directory = Path(tempfile.mkdtemp(prefix="ctxplane-bench-"))
     try:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from runtime.kernel import Actor, ChildSpec, Registry, Strategy, Supervisor
+from ctxplane.runtime.kernel import Actor, ChildSpec, Registry, Strategy, Supervisor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernel.json"
 #: Big enough that the consumer drains a batch per wake-up, small enough to exercise backpressure.

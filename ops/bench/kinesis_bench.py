@@ -131,7 +131,7 @@ def _config(directory: Path, dsn: str, endpoint: str, streams: dict[str, str]) -
 
 
 def _applied(dsn: str) -> int:
-    from runtime.exceptions import StoreError
+    from ctxplane.runtime.exceptions import StoreError
     from tests.support.stores import query_rows
 
     try:
@@ -182,7 +182,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
     os.environ.update(AWS_ENV)
-    from runtime.demo_workload import generate
+    from ctxplane.actors.operate.demo_workload import generate
     from tests.support.kinesis import publish_kinesis, stream_names
 
     stack: list[tuple[str, dict[str, str]]] = []

@@ -45,14 +45,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from actors._replay import ReplayManifest, _rules, replay  # noqa: E402
-from contracts._classes import Plane  # noqa: E402
-from contracts._intake import SourceRef  # noqa: E402
-from runtime.bus import FileBus  # noqa: E402
-from runtime.client import Client, QueryEndpointUnavailable  # noqa: E402
-from runtime.demo_workload import DEMO_TOPICS, demo_pins, write_demo_bus  # noqa: E402
-from runtime.logs import configure_logging  # noqa: E402
-from runtime.settings import LoggingSettings, Settings, load_settings  # noqa: E402
+from ctxplane.actors.operate.replay import ReplayManifest, _rules, replay  # noqa: E402
+from ctxplane.contracts.classes import Plane  # noqa: E402
+from ctxplane.contracts.intake import SourceRef  # noqa: E402
+from ctxplane.runtime.bus import FileBus  # noqa: E402
+from ctxplane.runtime.client import Client, QueryEndpointUnavailable  # noqa: E402
+from ctxplane.actors.operate.demo_workload import DEMO_TOPICS, demo_pins, write_demo_bus  # noqa: E402
+from ctxplane.runtime.logs import configure_logging  # noqa: E402
+from ctxplane.config.settings import LoggingSettings, Settings, load_settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "replay.json"
 TARGET_EVENTS_PER_S = 50_000  # quality.md P6
@@ -109,7 +109,7 @@ def floor_parse(bus_root: Path, _settings: Settings) -> tuple[int, float]:
 
 
 def floor_classify(bus_root: Path, settings: Settings) -> tuple[int, float]:
-    from actors._feature_plane import build_feature_plane
+    from ctxplane.actors.serve.features import build_feature_plane
 
     features = build_feature_plane(settings)
     planes = settings.topics()
@@ -145,7 +145,7 @@ def re_replay(config: Path, manifest: ReplayManifest) -> tuple[int, float]:
 def live_ingest(work: Path, bus_root: Path, run: int) -> tuple[int, float]:
     config = _fresh(work / f"live-{run}", bus_root)
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "runtime.cli", "run", "--config", str(config), "--once"], check=True,
+    subprocess.run([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config), "--once"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - began
     conn = sqlite3.connect(f"file:{config.parent / 'store.sqlite'}?mode=ro", uri=True)
@@ -157,7 +157,7 @@ def live_ingest(work: Path, bus_root: Path, run: int) -> tuple[int, float]:
 
 
 def _spawn(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", "--config", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -6,21 +6,21 @@ the pure intake core. See ``_base`` for the position model (opaque, exclusive-ne
 
 from __future__ import annotations
 
-from runtime.bus._base import START_POSITIONS as START_POSITIONS
-from runtime.bus._base import BusRecord as BusRecord
-from runtime.bus._base import BusRef as BusRef
-from runtime.bus._base import EventBus as EventBus
-from runtime.bus._base import ReadResult as ReadResult
-from runtime.bus._file import FILE_LINE as FILE_LINE
-from runtime.bus._file import FileBus as FileBus
-from runtime.bus._kinesis import KINESIS_SEQUENCE as KINESIS_SEQUENCE
-from runtime.bus._kinesis import BusUnavailable as BusUnavailable
-from runtime.bus._kinesis import KinesisBus as KinesisBus
-from runtime.bus._kinesis import ShardInfo as ShardInfo
-from runtime.bus._kinesis import is_drained as is_drained
-from runtime.bus._kinesis import kinesis_bus_from_settings as kinesis_bus_from_settings
-from runtime.bus._routing import partition_for as partition_for
-from runtime.bus._routing import partition_key_for as partition_key_for
+from ctxplane.runtime.bus.base import START_POSITIONS as START_POSITIONS
+from ctxplane.runtime.bus.base import BusRecord as BusRecord
+from ctxplane.runtime.bus.base import BusRef as BusRef
+from ctxplane.runtime.bus.base import EventBus as EventBus
+from ctxplane.runtime.bus.base import ReadResult as ReadResult
+from ctxplane.runtime.bus.file import FILE_LINE as FILE_LINE
+from ctxplane.runtime.bus.file import FileBus as FileBus
+from ctxplane.runtime.bus.kinesis import KINESIS_SEQUENCE as KINESIS_SEQUENCE
+from ctxplane.runtime.bus.kinesis import BusUnavailable as BusUnavailable
+from ctxplane.runtime.bus.kinesis import KinesisBus as KinesisBus
+from ctxplane.runtime.bus.kinesis import ShardInfo as ShardInfo
+from ctxplane.runtime.bus.kinesis import is_drained as is_drained
+from ctxplane.runtime.bus.kinesis import kinesis_bus_from_settings as kinesis_bus_from_settings
+from ctxplane.runtime.bus.routing import partition_for as partition_for
+from ctxplane.runtime.bus.routing import partition_key_for as partition_key_for
 
 __all__ = (
     "FILE_LINE",

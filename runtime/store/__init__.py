@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from runtime.exceptions import UsageError
-from runtime.settings import StoreSettings
-from runtime.store._backend import StoreBackend
-from runtime.store._dialect import DIALECTS, Dialect
-from runtime.store._migrations import MIGRATIONS, SchemaStatus
-from runtime.store._program import ExecMany, Execute, Fetch, Op, Program, Row
+from ctxplane.runtime.exceptions import UsageError
+from ctxplane.config.settings import StoreSettings
+from ctxplane.runtime.store.backend import StoreBackend
+from ctxplane.runtime.store.dialect import DIALECTS, Dialect
+from ctxplane.runtime.store.schema import MIGRATIONS, SchemaStatus
+from ctxplane.runtime.store.program import ExecMany, Execute, Fetch, Op, Program, Row
 
 __all__ = (
     "DIALECTS",
@@ -38,14 +38,14 @@ async def open_store(
         StoreUnavailable: the database cannot be reached (message carries no password).
     """
     if settings.backend == "sqlite":
-        from runtime.store._sqlite import open_sqlite
+        from ctxplane.runtime.store.sqlite import open_sqlite
 
         return await open_sqlite(
             settings.sqlite_path, synchronous=settings.synchronous, busy_timeout_s=settings.busy_timeout_s,
             inline_reads=inline_reads,
         )
     try:
-        from runtime.store._postgres import open_postgres
+        from ctxplane.runtime.store.postgres import open_postgres
     except ImportError:  # pragma: no cover - the PostgreSQL backend ships with the package
         raise UsageError("the PostgreSQL backend is not available in this build") from None
     return await open_postgres(settings, read_timeout_s=read_timeout_s)

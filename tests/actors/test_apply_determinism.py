@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.settings import StoreSettings
-from runtime.store import open_store
+from ctxplane.config.settings import StoreSettings
+from ctxplane.runtime.store import open_store
 from tests.support.apply import apply, batch, state_digest
 from tests.support.workload import ANCHOR_BASELINE, context_events, envelope
 

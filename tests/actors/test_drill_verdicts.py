@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from actors._drill_kit import Answer, Check, DrillReport, drill_workload
-from actors._drill_runs import (
+from ctxplane.actors.drills.kit import Answer, Check, DrillReport, drill_workload
+from ctxplane.actors.drills.runs import (
     ActorFaultOptions,
     DbOutageOptions,
     OffsetRollbackOptions,
@@ -17,8 +17,8 @@ from actors._drill_runs import (
     judge_offset_rollback,
     storm_events,
 )
-from actors._drills import DrillCommand, parse_drill_request
-from runtime.settings import Settings
+from ctxplane.actors.drills.controller import DrillCommand, parse_drill_request
+from ctxplane.config.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_a_report_passes_only_when_every_check_holds() -> None:
 
 
 def test_pg_ctl_restarts_the_server_with_the_options_it_ran_with(tmp_path: Any) -> None:
-    from actors._drill_runs import _server_options
+    from ctxplane.actors.drills.runs import _server_options
 
     (tmp_path / "postmaster.opts").write_text(
         '/usr/lib/postgresql/15/bin/postgres "-D" "/tmp/pg x/data" "-p" "55477" "-k" "/tmp/pg x" "-c" "fsync=off"\n')

@@ -20,14 +20,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors._feature_plane import FeaturePlane, build_feature_plane, prune_program, retention_meta_program
-from contracts._canonical import digest
-from contracts._classes import Plane
-from contracts._intake import Accepted, IntakeRules
-from contracts._messages import ApplyBatch
-from contracts.features._serve import FeatureRequest, build_snapshot, parse_feature_request
-from runtime.settings import TRAFFIC_TOPICS, Settings, StoreSettings
-from runtime.store import StoreBackend, open_store
+from ctxplane.actors.serve.features import FeaturePlane, build_feature_plane, prune_program, retention_meta_program
+from ctxplane.contracts.canonical import digest
+from ctxplane.contracts.classes import Plane
+from ctxplane.contracts.intake import Accepted, IntakeRules
+from ctxplane.contracts.messages import ApplyBatch
+from ctxplane.contracts.features.serve import FeatureRequest, build_snapshot, parse_feature_request
+from ctxplane.config.settings import TRAFFIC_TOPICS, Settings, StoreSettings
+from ctxplane.runtime.store import StoreBackend, open_store
 from tests.support.apply import apply, batch, state_digest
 from tests.support.stores import fresh_dsn
 from tests.support.workload import BASE_TS, PINS, TRAFFIC_BASELINE, TRAFFIC_FRAUD, envelope, event_id

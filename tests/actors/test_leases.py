@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from actors._fencing import FENCED, LeasedWriter, LeaseLost, refuse_fenced
-from actors._leases import (
+from ctxplane.actors.ingest.fencing import FENCED, LeasedWriter, LeaseLost, refuse_fenced
+from ctxplane.actors.ingest.leases import (
     RoundResult,
     assignment_mode,
     db_now_sql,
@@ -21,11 +21,11 @@ from actors._leases import (
     lease_rows_program,
     release_program,
 )
-from contracts._messages import ApplyBatch, Applied, ApplyFailed
-from runtime.exceptions import UsageError
-from runtime.settings import Settings
-from runtime.settings import StoreSettings
-from runtime.store import Fetch, StoreBackend, open_store
+from ctxplane.contracts.messages import ApplyBatch, Applied, ApplyFailed
+from ctxplane.runtime.exceptions import UsageError
+from ctxplane.config.settings import Settings
+from ctxplane.config.settings import StoreSettings
+from ctxplane.runtime.store import Fetch, StoreBackend, open_store
 from tests.support.apply import apply, batch
 from tests.support.workload import ARRIVAL, context_events
 

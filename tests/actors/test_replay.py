@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from actors._apply import apply_program
-from actors._replay import (
+from ctxplane.actors.ingest.apply import apply_program
+from ctxplane.actors.operate.replay import (
     ReplayManifest,
     load_manifest,
     manifest_for_checkpoints,
@@ -17,13 +17,13 @@ from actors._replay import (
     replay_id,
     rewind_checkpoint,
 )
-from actors._digest import state_digest_program
-from runtime.exceptions import UsageError
-from runtime.settings import Settings, load_settings
-from runtime.store import ExecMany, Fetch, Op, Program, open_store
+from ctxplane.actors.operate.digest import state_digest_program
+from ctxplane.runtime.exceptions import UsageError
+from ctxplane.config.settings import Settings, load_settings
+from ctxplane.runtime.store import ExecMany, Fetch, Op, Program, open_store
 from tests.support.apply import batch
 from tests.support.process import write_config
-from runtime.bus import FileBus, partition_key_for
+from ctxplane.runtime.bus import FileBus, partition_key_for
 from tests.support.workload import ARRIVAL, PINS, append_raw, context_events
 
 # -- manifests -----------------------------------------------------------------------------------

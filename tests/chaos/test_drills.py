@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 import pytest
 
-from runtime.demo_workload import DEMO_TOPICS, write_demo_bus
-from runtime.faultproxy import control
+from ctxplane.actors.operate.demo_workload import DEMO_TOPICS, write_demo_bus
+from ctxplane.actors.drills.faultproxy import control
 from tests.support.drills import (
     RssSampler,
     clean_pass,
@@ -65,7 +65,7 @@ def _counters(dsn: str) -> dict[str, int]:
 
 
 def _dsn(config: Path) -> str:
-    from runtime.settings import load_settings
+    from ctxplane.config.settings import load_settings
 
     return load_settings(config).store.dsn
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts._health import SIGNALS, HealthSignals, evaluate_health, load_health_policy
-from runtime.exceptions import ConfigError
+from ctxplane.contracts.health import SIGNALS, HealthSignals, evaluate_health, load_health_policy
+from ctxplane.runtime.exceptions import ConfigError
 
 POLICY = load_health_policy(env={})
 QUIET = HealthSignals(watermark_age_s=1.0, checkpoint_age_s=0.0, partitions=2)

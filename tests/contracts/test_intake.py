@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts._canonical import canonical_json
-from contracts._classes import Plane
-from contracts._intake import Accepted, Ignored, IntakeRules, Rejected, SourceRef, payload_hash
-from contracts._reasons import INTAKE_ORDER, Reason
-from runtime.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
+from ctxplane.contracts.canonical import canonical_json
+from ctxplane.contracts.classes import Plane
+from ctxplane.contracts.intake import Accepted, Ignored, IntakeRules, Rejected, SourceRef, payload_hash
+from ctxplane.contracts.reasons import INTAKE_ORDER, Reason
+from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
 from tests.support.workload import ANCHOR_FRAUD, ARRIVAL, OTHER_RUN, PINS, TRAFFIC_FRAUD, envelope
 
 SRC = SourceRef(ARRIVAL[0], 0, "0", "file_line")

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from contracts._canonical import digest
-from contracts._time import format_ts_us
-from contracts.features import default_policy_path
-from runtime.client import Client
+from ctxplane.contracts.canonical import digest
+from ctxplane.contracts.timestamps import format_ts_us
+from ctxplane.contracts.features import default_policy_path
+from ctxplane.runtime.client import Client
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.workload import (
     BASE_TS,

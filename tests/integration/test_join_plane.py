@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from runtime.client import Client
+from ctxplane.runtime.client import Client
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.stores import fresh_dsn, query_rows
 from tests.support.workload import (
@@ -43,7 +43,7 @@ def _digest(config: Path, *flags: str) -> str:
 
 
 def _sql(config: Path, sql: str) -> list[tuple[Any, ...]]:
-    from runtime.settings import load_settings
+    from ctxplane.config.settings import load_settings
 
     return query_rows(load_settings(config).store.dsn, sql)
 

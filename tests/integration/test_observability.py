@@ -8,7 +8,7 @@ import socket
 import urllib.request
 from pathlib import Path
 
-from runtime.client import Client
+from ctxplane.runtime.client import Client
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.stores import fresh_dsn
 from tests.support.workload import ANCHOR_BASELINE, ARRIVAL, PINS, append_raw, context_events, envelope, publish

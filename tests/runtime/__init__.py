@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from runtime.kernel import (
+from ctxplane.runtime.kernel import (
     Actor,
     ActorContext,
     ActorState,

@@ -1,4 +1,4 @@
-"""runtime/_lifecycle.py and runtime/_actor.py: lifecycle table, tell/ask, refs, registry."""
+"""runtime/kernel/lifecycle.py and runtime/kernel/actor.py: lifecycle table, tell/ask, refs, registry."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from runtime._lifecycle import TRANSITIONS, Lifecycle, LifecycleEvent
-from runtime.exceptions import (
+from ctxplane.runtime.kernel.lifecycle import TRANSITIONS, Lifecycle, LifecycleEvent
+from ctxplane.runtime.exceptions import (
     ActorFailed,
     ActorUnavailable,
     AskTimeout,
     IllegalTransition,
 )
-from runtime.kernel import (
+from ctxplane.runtime.kernel import (
     Actor,
     ActorContext,
     ActorRef,
@@ -327,9 +327,14 @@ async def test_receive_must_be_implemented() -> None:
 
 
 def test_kernel_all_matches_its_public_names() -> None:
-    import runtime.kernel as kernel
+    import types
 
-    public = {name for name in vars(kernel) if not name.startswith("_") and name != "annotations"}
+    import ctxplane.runtime.kernel as kernel
+
+    public = {
+        name for name, value in vars(kernel).items()
+        if not name.startswith("_") and name != "annotations" and not isinstance(value, types.ModuleType)
+    }
     assert isinstance(kernel.__all__, tuple)
     assert set(kernel.__all__) == public
     assert len(kernel.__all__) == len(public)

@@ -13,8 +13,8 @@ import anyio
 import orjson
 import pytest
 
-from runtime.bus import FileBus, partition_for
-from runtime.demo_workload import (
+from ctxplane.runtime.bus import FileBus, partition_for
+from ctxplane.actors.operate.demo_workload import (
     DEMO_TOPICS,
     TOPIC_ANCHOR_BASELINE,
     TOPIC_ANCHOR_FRAUD,

@@ -9,7 +9,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from runtime.faultproxy import FaultProxy, Mode
+from ctxplane.actors.drills.faultproxy import FaultProxy, Mode
 
 
 async def _echo(stream: SocketStream) -> None:

@@ -1,4 +1,4 @@
-"""runtime/_mailbox.py: bounded FIFO, backpressure, the two ways of closing, statistics."""
+"""runtime/kernel/mailbox.py: bounded FIFO, backpressure, the two ways of closing, statistics."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.exceptions import BrokenMailbox, ClosedMailbox, MailboxFull
-from runtime.kernel import Mailbox, MailboxStatistics, open_mailbox
+from ctxplane.runtime.exceptions import BrokenMailbox, ClosedMailbox, MailboxFull
+from ctxplane.runtime.kernel import Mailbox, MailboxStatistics, open_mailbox
 
 GUARD = 5.0
 

@@ -8,9 +8,9 @@ from typing import Any
 import anyio
 import pytest
 
-from runtime.client import AsyncClient, QueryEndpointUnavailable
-from runtime.exceptions import UsageError
-from runtime.server import LineServer
+from ctxplane.runtime.client import AsyncClient, QueryEndpointUnavailable
+from ctxplane.runtime.exceptions import UsageError
+from ctxplane.runtime.server import LineServer
 
 
 async def _echo(request: dict[str, Any]) -> dict[str, Any]:

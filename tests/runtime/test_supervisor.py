@@ -1,4 +1,4 @@
-"""runtime/_supervisor.py: start/stop order, strategies, restart types, intensity, backoff."""
+"""runtime/kernel/supervisor.py: start/stop order, strategies, restart types, intensity, backoff."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from anyio.abc import TaskStatus
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.exceptions import (
+from ctxplane.runtime.exceptions import (
     ActorNameTaken,
     ActorUnavailable,
     SupervisorEscalation,
     SupervisorStopped,
 )
-from runtime.kernel import (
+from ctxplane.runtime.kernel import (
     Actor,
     ActorContext,
     ActorState,

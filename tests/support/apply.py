@@ -7,13 +7,13 @@ from typing import Any
 
 import orjson
 
-from actors._apply import FeatureWriter, apply_program
-from actors._digest import ledger_digest_program, state_digest_program
-from contracts._classes import Plane
-from contracts._intake import IntakeRules, SourceRef, Verdict
-from contracts._messages import ApplyBatch
-from runtime.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
-from runtime.store import StoreBackend
+from ctxplane.actors.ingest.apply import FeatureWriter, apply_program
+from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
+from ctxplane.contracts.classes import Plane
+from ctxplane.contracts.intake import IntakeRules, SourceRef, Verdict
+from ctxplane.contracts.messages import ApplyBatch
+from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
+from ctxplane.runtime.store import StoreBackend
 
 JOIN_RULES = IntakeRules(Plane.JOIN, frozenset(CONTEXT_TOPICS))
 

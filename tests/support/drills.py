@@ -21,7 +21,7 @@ from tests.support.process import ctxplane, write_config
 
 @dataclass
 class ProxyProcess:
-    """``python -m runtime.faultproxy`` in a child process (what an operator runs)."""
+    """``python -m ctxplane.actors.drills.faultproxy`` in a child process (what an operator runs)."""
 
     port: int
     control: str
@@ -33,7 +33,7 @@ def fault_proxy(upstream_port: int, directory: Path) -> Iterator[ProxyProcess]:
     """Start the fault proxy in front of ``127.0.0.1:upstream_port``; stop it (by pid) on exit."""
     control = f"unix:{directory / 'proxy.ctl'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.faultproxy", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "ctxplane.actors.drills.faultproxy", "--listen", "127.0.0.1:0",
          "--upstream", f"127.0.0.1:{upstream_port}", "--control", control],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -115,9 +115,9 @@ def digests(config: Path) -> tuple[str, str]:
     """(state digest, ledger digest): the programs ``ctxplane digest [--ledger]`` runs, in process."""
     import anyio
 
-    from actors._digest import ledger_digest_program, state_digest_program
-    from runtime.settings import load_settings
-    from runtime.store import open_store
+    from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
+    from ctxplane.config.settings import load_settings
+    from ctxplane.runtime.store import open_store
 
     async def both() -> tuple[str, str]:
         async with await open_store(load_settings(config).store) as store:

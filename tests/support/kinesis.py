@@ -60,7 +60,7 @@ async def publish_kinesis(
     endpoint: str, streams: Mapping[str, str], items: Mapping[str, Sequence[dict[str, Any]]], *, shards: int
 ) -> None:
     """Create each topic's stream with ``shards`` shards (if needed) and publish its envelopes."""
-    from runtime.bus import KinesisBus, partition_key_for
+    from ctxplane.runtime.bus import KinesisBus, partition_key_for
 
     async with KinesisBus(endpoint_url=endpoint, region="us-east-1", streams=streams) as bus:
         for topic, envelopes in items.items():
@@ -73,7 +73,7 @@ async def publish_kinesis(
 def file_bus_digest(directory: Path, items: Mapping[str, Sequence[dict[str, Any]]], **sections: dict[str, Any]) -> str:
     """The state digest of one `ctxplane run --once` over a file bus holding ``items``: the
     reference every Kinesis run of the same events must match."""
-    from runtime.bus import FileBus, partition_key_for
+    from ctxplane.runtime.bus import FileBus, partition_key_for
 
     directory.mkdir(parents=True, exist_ok=True)
 

@@ -35,7 +35,7 @@ def write_config(directory: Path, dsn: str, **sections: dict[str, Any]) -> Path:
 def ctxplane(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run one ctxplane CLI command to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "ctxplane.actors.app.cli", *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -45,7 +45,7 @@ class CtxplaneProcess:
 
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.config = config
-        self.args = [sys.executable, "-m", "runtime.cli", "run", "--config", str(config), *extra]
+        self.args = [sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config), *extra]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []

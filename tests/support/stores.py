@@ -40,8 +40,8 @@ def query_rows(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tupl
     """Run one read query against any store (for assertions in synchronous tests)."""
     import anyio
 
-    from runtime.settings import StoreSettings
-    from runtime.store import Fetch, open_store
+    from ctxplane.config.settings import StoreSettings
+    from ctxplane.runtime.store import Fetch, open_store
 
     def program():  # type: ignore[no-untyped-def]
         return (yield Fetch(sql, params))

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from contracts._time import format_ts_us, parse_ts_us
+from ctxplane.contracts.timestamps import format_ts_us, parse_ts_us
 
 RUN = "platform_20260207T000000Z"
 OTHER_RUN = "platform_20260208T000000Z"
@@ -69,7 +69,7 @@ def publish(root: Path, items: list[tuple[str, dict[str, Any]]], *, partitions: 
 
     import anyio
 
-    from runtime.bus import FileBus, partition_key_for
+    from ctxplane.runtime.bus import FileBus, partition_key_for
 
     by_topic: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
     for topic, env in items:

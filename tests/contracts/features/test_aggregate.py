@@ -1,4 +1,4 @@
-"""Exact amounts, the Agg monoid and served values (contracts/features/_aggregate.py)."""
+"""Exact amounts, the Agg monoid and served values (contracts/features/aggregate.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.features import (
+from ctxplane.contracts.features import (
     AGGREGATIONS,
     MAX_ABS_AMOUNT,
     Agg,

@@ -1,4 +1,4 @@
-"""Feature policy: pinned format, one-line errors, digest (contracts/features/_policy.py)."""
+"""Feature policy: pinned format, one-line errors, digest (contracts/features/policy.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from contracts.features import (
+from ctxplane.contracts.features import (
     DEFAULT_AGGREGATIONS,
     FeaturePolicy,
     PolicyError,
@@ -22,7 +22,7 @@ from contracts.features import (
     parse_policy,
     run_config_digest,
 )
-from runtime.exceptions import ConfigError
+from ctxplane.runtime.exceptions import ConfigError
 
 DEFAULT_DOC: dict[str, Any] = yaml.safe_load(default_policy_path().read_text())
 

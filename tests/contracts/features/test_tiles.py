@@ -1,4 +1,4 @@
-"""Tiles against a brute-force oracle (contracts/features/_tiles.py).
+"""Tiles against a brute-force oracle (contracts/features/tiles.py).
 
 A tiny in-memory "store" applies tile deltas with the SQL upsert semantics (written here
 independently of the library), in random batch splits and orders; windows evaluated from the plan's
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.features import (
+from ctxplane.contracts.features import (
     DAY_US,
     HOUR_US,
     MINUTE_US,

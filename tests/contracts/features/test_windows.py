@@ -1,4 +1,4 @@
-"""Timestamps and window plans (contracts/features/_windows.py): no I/O, no event loop."""
+"""Timestamps and window plans (contracts/features/windows.py): no I/O, no event loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.features import (
+from ctxplane.contracts.features import (
     DAY_US,
     HOUR_US,
     MINUTE_US,

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.bus import FILE_LINE, BusRecord, EventBus, FileBus, ReadResult, partition_for
-from runtime.cli_bus import add_bus_parser
-from runtime.exceptions import BusClosed, BusError, BusPositionError, UsageError
+from ctxplane.runtime.bus import FILE_LINE, BusRecord, EventBus, FileBus, ReadResult, partition_for
+from ctxplane.actors.app.cli_bus import add_bus_parser
+from ctxplane.runtime.exceptions import BusClosed, BusError, BusPositionError, UsageError
 
 TOPIC = "fp.bus.test.v1"
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -717,7 +717,7 @@ def test_cli_argument_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixtu
 
 
 def _fake_settings(monkeypatch: pytest.MonkeyPatch, kind: str, root: Path) -> list[str]:
-    """Stand in for runtime.settings (the real loader is tested with the config)."""
+    """Stand in for ctxplane.config.settings (the real loader is tested with the config)."""
     loaded: list[str] = []
 
     def load_settings(path: str) -> Any:
@@ -725,9 +725,9 @@ def _fake_settings(monkeypatch: pytest.MonkeyPatch, kind: str, root: Path) -> li
         bus = types.SimpleNamespace(kind=kind, root=root, start_position="trim_horizon")
         return types.SimpleNamespace(bus=bus)
 
-    module = types.ModuleType("runtime.settings")
+    module = types.ModuleType("ctxplane.config.settings")
     module.load_settings = load_settings  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runtime.settings", module)
+    monkeypatch.setitem(sys.modules, "ctxplane.config.settings", module)
     return loaded
 
 

@@ -12,9 +12,9 @@ import anyio
 import orjson
 import pytest
 
-from runtime.bus import BusUnavailable, KinesisBus, ShardInfo, is_drained, kinesis_bus_from_settings
-from runtime.exceptions import BusError, BusPositionError, UsageError
-from runtime.settings import BusSettings
+from ctxplane.runtime.bus import BusUnavailable, KinesisBus, ShardInfo, is_drained, kinesis_bus_from_settings
+from ctxplane.runtime.exceptions import BusError, BusPositionError, UsageError
+from ctxplane.config.settings import BusSettings
 from tests.support.kinesis import AWS_ENV, FakeKinesis, kinesis_endpoint
 from tests.support.process import ctxplane
 
@@ -297,7 +297,7 @@ def test_drained_means_the_committed_position_reached_the_ending() -> None:
 
 
 def test_the_kinesis_profile_loads() -> None:
-    from runtime.settings import load_settings
+    from ctxplane.config.settings import load_settings
 
     settings = load_settings(Path(__file__).parents[3] / "config" / "profiles" / "kinesis.yaml")
     assert settings.bus.kind == "kinesis" and settings.store.backend == "postgresql"

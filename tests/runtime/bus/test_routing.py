@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.bus import partition_for, partition_key_for
-from runtime.exceptions import BusError
+from ctxplane.runtime.bus import partition_for, partition_key_for
+from ctxplane.runtime.exceptions import BusError
 
 # Pinned routes: changing the hash would move every existing key to another partition, so these
 # values must never change.
@@ -42,7 +42,7 @@ def test_route_is_sha256_prefix_mod_n(key: str, partitions: int, expected: int) 
 
 def test_routes_do_not_depend_on_the_process_hash_seed() -> None:
     code = (
-        "from runtime.bus import partition_for;"
+        "from ctxplane.runtime.bus import partition_for;"
         "print([partition_for(f'key-{i}', 7) for i in range(50)])"
     )
     outputs = {

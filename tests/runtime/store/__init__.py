@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.store import ExecMany, Fetch, Program
+from ctxplane.runtime.store import ExecMany, Fetch, Program
 
 
 def put(*pairs: tuple[str, str]) -> Program[None]:

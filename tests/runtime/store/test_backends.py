@@ -14,12 +14,12 @@ from typing import Any
 import anyio
 import pytest
 
-from actors._apply import fetch_by_keys
-from actors._reads import checkpoints_program, join_snapshot_program
-from contracts._join import JoinRequest
-from runtime.exceptions import StoreError, StoreUnavailable
-from runtime.settings import StoreSettings
-from runtime.store import MIGRATIONS, ExecMany, Execute, Fetch, Program, StoreBackend, open_store
+from ctxplane.actors.ingest.apply import fetch_by_keys
+from ctxplane.actors.tables.reads import checkpoints_program, join_snapshot_program
+from ctxplane.contracts.join import JoinRequest
+from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
+from ctxplane.config.settings import StoreSettings
+from ctxplane.runtime.store import MIGRATIONS, ExecMany, Execute, Fetch, Program, StoreBackend, open_store
 from tests.runtime.store import meta, put
 from tests.support.apply import apply, batch, ledger_digest, state_digest
 from tests.support.workload import ANCHOR_BASELINE, ARRIVAL, PINS, RUN, SCENARIO_RUN, context_events, envelope

@@ -14,9 +14,9 @@ import anyio
 import asyncpg
 import pytest
 
-from runtime.exceptions import StoreError, StoreUnavailable
-from runtime.settings import StoreSettings, load_settings
-from runtime.store import MIGRATIONS, Execute, Fetch, Program, StoreBackend, open_store
+from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
+from ctxplane.config.settings import StoreSettings, load_settings
+from ctxplane.runtime.store import MIGRATIONS, Execute, Fetch, Program, StoreBackend, open_store
 from tests.runtime.store import meta, put
 from tests.support.process import ctxplane, write_config
 from tests.support.stores import fresh_dsn

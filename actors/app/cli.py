@@ -1,0 +1,201 @@
+"""The ``ctxplane`` command line (interfaces.md §2).
+
+Exit codes: 0 success; 2 bad usage or invalid configuration (one line naming the key); 1 runtime
+failure. Every user mistake is one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from ctxplane.runtime.exceptions import CtxplaneError, UsageError
+
+__all__ = ("main",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ctxplane.config.settings import load_settings
+
+    return load_settings(args.config)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ctxplane.actors.app.process import run_process
+    from ctxplane.runtime.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    anyio.run(lambda: run_process(settings, once=args.once))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ctxplane.runtime.store import open_store
+
+    settings = _settings(args)
+
+    async def migrate() -> list[int]:
+        async with await open_store(settings.store) as store:
+            return await store.migrate()
+
+    applied = anyio.run(migrate)
+    print(f"applied migrations: {', '.join(map(str, applied))}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
+    from ctxplane.runtime.store import open_store
+
+    settings = _settings(args)
+
+    async def digest() -> str:
+        async with await open_store(settings.store) as store:
+            status = await store.schema_status()
+            if status.pending:
+                raise UsageError("the store has no current schema; run `ctxplane migrate` or `ctxplane run` first")
+            return await store.read(ledger_digest_program() if args.ledger else state_digest_program())
+
+    print(anyio.run(digest))
+    return 0
+
+
+def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
+    from ctxplane.runtime.client import Client
+
+    with Client(settings.query.listen, auth_token=settings.query.auth_token) as client:
+        return client.request(request)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    text = args.request
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read request file {text[1:]}: {exc.strerror}") from None
+    try:
+        request = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"REQUEST_JSON is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise UsageError("REQUEST_JSON must be a JSON object")
+    _print_json(_request_once(settings, request))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    answer = _request_once(settings, {"op": "health"})
+    if args.json:
+        _print_json(answer)
+        return 0
+    from ctxplane.actors.app.status_view import render_status
+
+    print(render_status(answer))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ctxplane.actors.operate.demo_workload import write_demo_bus
+
+    counts = write_demo_bus(Path(args.root), args.flows, partitions=args.partitions)
+    total = sum(counts.values()) if isinstance(counts, dict) else counts
+    print(f"wrote a demo workload of {args.flows} flows ({total} events) to {args.root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ctxplane", description="Decision-time context plane: join and feature projections served over a socket.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", required=True, help="deployment profile (YAML)")
+        return p
+
+    p = with_config("run", "start the supervisor")
+    p.add_argument("--once", action="store_true", help="drain every assigned partition, commit, exit 0")
+    p.set_defaults(func=cmd_run)
+    with_config("migrate", "apply pending schema migrations").set_defaults(func=cmd_migrate)
+    p = with_config("query", "send one request to the running query endpoint and print the answer")
+    p.add_argument("request", metavar="REQUEST_JSON", help="a JSON object, @FILE, or - for stdin")
+    p.set_defaults(func=cmd_query)
+    p = with_config("status", "health, lag and basis per partition, from the running process")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = with_config("digest", "print the semantic state digest of the store")
+    p.add_argument("--ledger", action="store_true", help="digest the apply-failure ledger instead")
+    p.set_defaults(func=cmd_digest)
+    p = sub.add_parser("demo", help="write a synthetic, valid workload to a file bus")
+    p.add_argument("--flows", type=int, default=50)
+    p.add_argument("--partitions", type=int, default=2)
+    p.add_argument("--root", default="runs/demo/eb")
+    p.set_defaults(func=cmd_demo)
+    from ctxplane.actors.app.cli_bus import add_bus_parser
+
+    add_bus_parser(sub)
+    from ctxplane.actors.app.cli_replay import add_replay_parser
+    add_replay_parser(sub)
+    from ctxplane.actors.app.cli_drill import add_drill_parser
+    add_drill_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"ctxplane: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 0
+    except CtxplaneError as exc:
+        print(f"ctxplane: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        if isinstance(first, UsageError):
+            print(f"ctxplane: {first}", file=sys.stderr)
+            return 2
+        if isinstance(first, CtxplaneError):
+            print(f"ctxplane: {first}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""``ctxplane run``: build the process-scoped resources, run the supervision tree, stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import anyio
+import structlog
+
+from ctxplane.actors.serve.metrics import Metrics
+from ctxplane.contracts.health import load_health_policy
+from ctxplane.actors.ingest.progress import IngestProgress
+from ctxplane.actors.app.tree import AppContext, build_root
+from ctxplane.runtime.bus import EventBus, FileBus
+from ctxplane.runtime.exceptions import UsageError
+from ctxplane.runtime.kernel import Registry
+from ctxplane.config.settings import Settings, redact_dsn
+from ctxplane.runtime.store import StoreBackend, open_store
+
+__all__ = ("open_bus", "run_process", "scope_of")
+
+log = structlog.get_logger("ctxplane.run")
+
+
+def scope_of(settings: Settings) -> str:
+    """Checkpoint scope: the pinned run, or ``*`` when the process accepts any run."""
+    return settings.run.platform_run_id or "*"
+
+
+def open_bus(settings: Settings) -> EventBus:
+    if settings.bus.kind == "file":
+        return FileBus(settings.bus.root, start_position=settings.bus.start_position)
+    from ctxplane.runtime.bus import kinesis_bus_from_settings
+
+    return kinesis_bus_from_settings(settings.bus)
+
+
+def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
+    """Expose /metrics on ``listen`` (HOST:PORT); returns the function that stops the server."""
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    try:
+        server, thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"metrics.listen: cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
+
+
+async def open_ready_store(settings: Settings) -> StoreBackend:
+    store = await open_store(settings.store)
+    try:
+        await store.ensure_schema(auto_migrate=settings.store.auto_migrate)
+    except BaseException:  # refused or cancelled: close what we opened (even when cancelled), re-raise
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
+        raise
+    return store
+
+
+async def run_process(settings: Settings, *, once: bool = False) -> None:
+    """Run the supervisor until SIGINT/SIGTERM (or, with ``once``, until every partition is drained).
+
+    Signals are watched from the first instant: a signal during start-up abandons the start-up
+    cleanly; afterwards it triggers the graceful stop (stop reading, commit in-flight batches).
+    """
+    # Worker threads (SQLite writer, bus reads) hand the GIL back to the event loop sooner, so a
+    # long commit does not delay query answers by a whole default 5 ms switch interval.
+    sys.setswitchinterval(0.0005)
+    async with anyio.create_task_group() as tg:
+        startup = anyio.CancelScope()
+        stop = anyio.Event()
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    stop.set()
+                    startup.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        await _run(settings, once=once, startup=startup, stop=stop)
+        tg.cancel_scope.cancel()
+
+
+async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, stop: anyio.Event) -> None:
+    async with AsyncExitStack() as stack:
+        with startup:
+            if settings.store.backend == "sqlite":
+                from ctxplane.runtime.store.sqlite import SqliteLock
+
+                lock = SqliteLock(settings.store.sqlite_path)
+                lock.acquire()
+                stack.callback(lock.release)
+            read_store = await open_ready_store(settings)
+            stack.push_async_callback(read_store.aclose)
+            bus = open_bus(settings)
+            stack.push_async_callback(bus.aclose)
+            partitions: dict[tuple[str, int], str] = {}
+            for topic, plane in settings.topics().items():
+                for partition in await bus.list_partitions(topic):
+                    partitions[(topic, partition)] = plane
+            registry = Registry()
+            metrics = Metrics(registry)
+            app = AppContext(
+                settings=settings, bus=bus, read_store=read_store, registry=registry,
+                progress=IngestProgress(set(partitions)), scope=scope_of(settings), partitions=partitions,
+                observer=metrics,
+            )
+            if settings.metrics.listen:
+                stack.callback(serve_metrics(settings.metrics.listen, metrics))
+            from ctxplane.actors.serve.features import build_feature_plane
+
+            app.health_policy = load_health_policy(settings.health.policy)
+
+            app.features = build_feature_plane(settings) if settings.features.enabled else None
+            root = build_root(app)
+            log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
+                     partitions=len(partitions), once=once)
+        if startup.cancelled_caught:
+            log.info("stopped before start-up completed")
+            return
+        async with anyio.create_task_group() as tg:
+            await tg.start(root.run)
+            log.info("running", listen=settings.query.listen)
+
+            async def until_drained() -> None:
+                await app.progress.wait_all_idle()
+                log.info("drained every partition; stopping")
+                stop.set()
+
+            if once:
+                tg.start_soon(until_drained)
+            await stop.wait()
+            await root.stop()
+            tg.cancel_scope.cancel()
+        log.info("stopped")

@@ -1,0 +1,213 @@
+"""The feature plane inside the actor tree: its writes (store-writer) and its answers (query actor).
+
+Writes: for every new traffic event and every feature key it carries, one raw row (exact window
+edges) and merged tile deltas (cheap windows) — commutative upserts, in the apply transaction.
+Answers: one read snapshot per request (checkpoints, retention cut-off, the rows each window plan
+needs), turned into a snapshot with provenance by the pure core (``ctxplane.contracts.features.serve``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from ctxplane.actors.tables.reads import checkpoints_program, plane_stream
+from ctxplane.contracts.intake import Accepted
+from ctxplane.contracts.join import basis_of
+from ctxplane.contracts.timestamps import now_utc, parse_ts_us
+from ctxplane.contracts.features import (
+    Agg,
+    FeaturePolicy,
+    decompose,
+    evaluate,
+    first_kept_tile,
+    load_policy,
+    parse_amount,
+    prune_before,
+    run_config_digest,
+    tile_deltas,
+)
+from ctxplane.contracts.features.serve import (
+    FeatureRequest,
+    FeaturesRead,
+    build_snapshot,
+    feature_error,
+    parse_feature_request,
+    served_groups,
+    windows_needed,
+)
+from ctxplane.contracts.features.windows import LEVELS_SECONDS, US_PER_SECOND
+from ctxplane.actors.ingest.apply import FeatureWriter
+from ctxplane.actors.serve.query import wait_budget_ms
+from ctxplane.config.settings import Settings
+from ctxplane.runtime.store import ExecMany, Execute, Fetch, Program
+
+__all__ = ("FeaturePlane", "build_feature_plane", "retention_meta_program")
+
+# store_meta keys.
+CUTOFF_KEY = "feature_retention_cutoff_us"
+RETENTION_KEY = "feature_retention_us"
+
+_TILE_UPSERT = (
+    "INSERT INTO feature_tiles (platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id, event_count,"
+    " amount_sum, amount_count, amount_min, amount_max, last_ts_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id) DO UPDATE SET"
+    " event_count = feature_tiles.event_count + excluded.event_count,"
+    " amount_sum = feature_tiles.amount_sum + excluded.amount_sum,"
+    " amount_count = feature_tiles.amount_count + excluded.amount_count,"
+    # NULL means "no amount seen": min/max skip it (portable, no LEAST/GREATEST/min() differences).
+    " amount_min = CASE WHEN excluded.amount_min IS NULL THEN feature_tiles.amount_min"
+    "   WHEN feature_tiles.amount_min IS NULL OR excluded.amount_min < feature_tiles.amount_min"
+    "   THEN excluded.amount_min ELSE feature_tiles.amount_min END,"
+    " amount_max = CASE WHEN excluded.amount_max IS NULL THEN feature_tiles.amount_max"
+    "   WHEN feature_tiles.amount_max IS NULL OR excluded.amount_max > feature_tiles.amount_max"
+    "   THEN excluded.amount_max ELSE feature_tiles.amount_max END,"
+    " last_ts_us = CASE WHEN excluded.last_ts_us > feature_tiles.last_ts_us"
+    "   THEN excluded.last_ts_us ELSE feature_tiles.last_ts_us END"
+)
+_RAW_INSERT = (
+    "INSERT INTO feature_raw (platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id, amount_units)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id) DO NOTHING"
+)
+_META_UPSERT = (
+    "INSERT INTO store_meta (meta_key, meta_value) VALUES (?, ?)"
+    " ON CONFLICT (meta_key) DO UPDATE SET meta_value = excluded.meta_value"
+)
+
+
+class _Writer(FeatureWriter):
+    def write(self, events: Sequence[Accepted]) -> Program[None]:
+        by_run: dict[tuple[str, str], list[tuple[str, str, int, int | None]]] = defaultdict(list)
+        raw = []
+        for v in events:
+            run = (v.platform_run_id, v.scenario_run_id)
+            for key_type, key_id in v.feature_keys:
+                by_run[run].append((key_type, key_id, v.ts_us, v.amount_units))
+                raw.append((*run, key_type, key_id, v.ts_us, v.event_id, v.amount_units))
+        if not raw:
+            return
+        yield ExecMany(_RAW_INSERT, raw)
+        tiles = []
+        for run, traffic in sorted(by_run.items()):
+            tiles.extend((*run, *row) for row in tile_deltas(traffic).tile_rows)
+        yield ExecMany(_TILE_UPSERT, tiles)
+
+
+def retention_meta_program(retention_us: int) -> Program[None]:
+    yield Execute(_META_UPSERT, (RETENTION_KEY, str(retention_us)))
+
+
+def prune_program(watermark_us: int, retention_us: int) -> Program[int]:
+    """Delete raw rows and tiles wholly older than ``watermark − retention``; record the cut-off."""
+    cutoff = watermark_us - retention_us
+    rows = yield Fetch("SELECT meta_value FROM store_meta WHERE meta_key = ?", (CUTOFF_KEY,))
+    if rows and int(rows[0][0]) >= cutoff:
+        return int(rows[0][0])
+    yield Execute("DELETE FROM feature_raw WHERE ts_us <= ?", (cutoff,))
+    for level in LEVELS_SECONDS:
+        yield Execute("DELETE FROM feature_tiles WHERE level_s = ? AND tile_id < ?", (level, first_kept_tile(cutoff, level)))
+    yield Execute(_META_UPSERT, (CUTOFF_KEY, str(cutoff)))
+    return cutoff
+
+
+class FeaturePlane:
+    """The feature plane's policy, its writer plug-in and its ``get_features`` answers."""
+
+    def __init__(self, settings: Settings, policy: FeaturePolicy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.key_types = tuple(policy.key_types())
+        self.parse_amount: Callable[[object], int | None] = parse_amount
+        self.writer = _Writer()
+        self.retention_us = (policy.max_ttl_seconds() + int(settings.features.retention_grace_s)) * US_PER_SECOND
+        self.run_config_digest = run_config_digest(
+            policy, topics=list(settings.features.topics), bus_kind=settings.bus.kind,
+            platform_run_id=settings.run.platform_run_id,
+        )
+        self.scope = settings.run.platform_run_id or "*"
+        self.offset_kind = "file_line" if settings.bus.kind == "file" else "kinesis_sequence"
+
+    def prune(self, watermark_us: int) -> Program[int]:
+        return prune_program(watermark_us, self.retention_us)
+
+    def read_program(self, request: FeatureRequest) -> Program[FeaturesRead]:
+        run, scenario = request.pins["platform_run_id"], request.pins["scenario_run_id"]
+        checkpoints = yield from checkpoints_program(self.scope, "features")
+        basis = basis_of(plane_stream("features", self.scope), checkpoints)
+        # Serve from the retention cut-off implied by the basis itself (newest watermark − retention),
+        # not from how far pruning happened to get: two stores at the same basis then answer alike,
+        # whatever their pruning history (pruning never passes this cut-off).
+        watermark = basis["watermark_ts_utc"]
+        cutoff = parse_ts_us(watermark) - self.retention_us if watermark is not None else None
+        groups, _missing = served_groups(self.policy, request)
+        aggregates: dict[tuple[str, str, int], Agg] = {}
+        seen: set[tuple[str, str]] = set()
+        for (key_type, key_id), durations in windows_needed(groups, request).items():
+            plans = {d: decompose(request.as_of_us - d, request.as_of_us) for d in sorted(durations)}
+            tile_terms, tile_params = [], []
+            raw_terms, raw_params = [], []
+            for plan in plans.values():
+                for level, first, last in plan.tiles:
+                    tile_terms.append("(level_s = ? AND tile_id BETWEEN ? AND ?)")
+                    tile_params += [level, first, last]
+                for lo, hi in plan.raw:
+                    raw_terms.append("(ts_us > ? AND ts_us <= ?)")
+                    raw_params += [lo, hi]
+            scope = "platform_run_id = ? AND scenario_run_id = ? AND key_type = ? AND key_id = ?"
+            params = [run, scenario, key_type, key_id]
+            tiles = []
+            if tile_terms:
+                tiles = yield Fetch(
+                    "SELECT level_s, tile_id, event_count, amount_sum, amount_count, amount_min, amount_max, last_ts_us"
+                    f" FROM feature_tiles WHERE {scope} AND ({' OR '.join(tile_terms)})", params + tile_params)
+            raws = []
+            if raw_terms:
+                raws = yield Fetch(f"SELECT ts_us, amount_units FROM feature_raw WHERE {scope} AND ({' OR '.join(raw_terms)})",
+                                   params + raw_params)
+            if cutoff is not None:
+                raws = [r for r in raws if r[0] > cutoff]
+                tiles = [t for t in tiles if t[1] >= first_kept_tile(cutoff, t[0])]
+            for duration, plan in plans.items():
+                aggregates[(key_type, key_id, duration)] = evaluate(plan, raws, tiles)
+            if tiles or raws:
+                seen.add((key_type, key_id))
+            else:
+                kept = "" if cutoff is None else f" AND tile_id >= ? AND level_s = {LEVELS_SECONDS[-1]}"
+                extra = [] if cutoff is None else [first_kept_tile(cutoff, LEVELS_SECONDS[-1])]
+                exists = yield Fetch(f"SELECT 1 FROM feature_tiles WHERE {scope}{kept} LIMIT 1", params + extra)
+                if exists:
+                    seen.add((key_type, key_id))
+        return FeaturesRead(basis, aggregates, frozenset(seen), cutoff)
+
+    async def answer(self, query: Any, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
+        parsed = parse_feature_request(request, max_wait_ms=wait_budget_ms(deadline_s))
+        if not isinstance(parsed, FeatureRequest):
+            code, detail = parsed
+            return feature_error(code, detail, request.get("request_id"), served_at=now_utc())
+        if parsed.graph_resolution_mode == "require_ieg":
+            return feature_error("UNAVAILABLE", "require_ieg: no identity graph is configured for this plane",
+                                 parsed.request_id, served_at=now_utc())
+        until = anyio.current_time() + parsed.wait_ms / 1000
+        while True:
+            seen = query.commits_seen
+            read = await query.store.read(self.read_program(parsed))
+            watermark = read.basis["watermark_ts_utc"]
+            if (watermark is not None and watermark >= parsed.as_of_time_utc) or anyio.current_time() >= until:
+                break
+            with anyio.move_on_after(until - anyio.current_time()):
+                await query.wait_for_commit(since=seen)
+        snapshot = build_snapshot(self.policy, parsed, read, run_config_digest=self.run_config_digest,
+                                  offset_kind=self.offset_kind)
+        return {"status": "OK", "request_id": parsed.request_id, "served_at_utc": now_utc(), "snapshot": snapshot}
+
+
+def build_feature_plane(settings: Settings) -> FeaturePlane:
+    """Load the policy (fails closed with one clear line) and build the plane."""
+    from ctxplane.contracts.features import default_policy_path
+
+    path = settings.features.policy or default_policy_path()
+    return FeaturePlane(settings, load_policy(path))

@@ -1,0 +1,117 @@
+"""Prometheus metrics of one process (names prefixed ``ctxplane_``; labels bounded).
+
+One :class:`Metrics` object per process: it is the kernel observer (states, restarts, escalations),
+the store-writer's commit observer, the query actor's latency observer, and — at scrape time — a
+collector over the actor registry (mailbox depth and capacity). Labels are planes, topics,
+partitions, reasons, ops, statuses and actor names: never event, flow or key ids.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ctxplane.runtime.kernel import ActorState, Registry
+
+__all__ = ("Metrics",)
+
+_COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+_QUERY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+
+
+class _ActorCollector(Collector):
+    def __init__(self, actors: Registry) -> None:
+        self._actors = actors
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("ctxplane_mailbox_depth", "Messages waiting in an actor's mailbox", labels=["actor"])
+        capacity = GaugeMetricFamily("ctxplane_mailbox_capacity", "Capacity of an actor's mailbox", labels=["actor"])
+        running = GaugeMetricFamily("ctxplane_actor_running", "1 when the actor is running", labels=["actor"])
+        for row in self._actors.snapshot():
+            depth.add_metric([row.name], row.depth)
+            capacity.add_metric([row.name], row.capacity)
+            running.add_metric([row.name], 1 if row.state is ActorState.RUNNING else 0)
+        yield depth
+        yield capacity
+        yield running
+
+
+class Metrics:
+    def __init__(self, actors: Registry) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("ctxplane_events", "Records by intake outcome", ["plane", "topic", "partition", "outcome"], registry=r)
+        self.failures = Counter("ctxplane_apply_failures", "Ledger rows by reason; kind=hard|annotation",
+                                ["plane", "topic", "reason", "kind"], registry=r)
+        self.commit_seconds = Histogram("ctxplane_commit_seconds", "Group-commit latency (begin to commit returned)",
+                                        buckets=_COMMIT_BUCKETS, registry=r)
+        self.commit_records = Histogram("ctxplane_commit_records", "Records per group commit", buckets=_BATCH_BUCKETS, registry=r)
+        self.commits = Counter("ctxplane_commits", "Group commits", registry=r)
+        self.restarts = Counter("ctxplane_actor_restarts", "Supervised restarts", ["supervisor", "child"], registry=r)
+        self.escalations = Counter("ctxplane_supervisor_escalations", "Restart intensity exceeded", ["supervisor"], registry=r)
+        self.query_seconds = Histogram("ctxplane_query_seconds", "Query latency by op and status", ["op", "status"],
+                                       buckets=_QUERY_BUCKETS, registry=r)
+        self.store_available = Gauge("ctxplane_store_available", "1 when the store accepts writes", registry=r)
+        self.store_available.set(1)
+        self.store_is_available = True
+        self.lag = Gauge("ctxplane_checkpoint_lag_records", "Records between the checkpoint and the bus end",
+                         ["plane", "topic", "partition"], registry=r)
+        self.watermark_age = Gauge("ctxplane_watermark_age_seconds", "Wall clock minus the partition watermark",
+                                   ["plane", "topic", "partition"], registry=r)
+        self.checkpoint_age = Gauge("ctxplane_checkpoint_age_seconds", "Seconds since the partition last committed",
+                                    ["plane", "topic", "partition"], registry=r)
+        self.health = Gauge("ctxplane_health_state", "0 GREEN, 1 AMBER, 2 RED", registry=r)
+        r.register(_ActorCollector(actors))
+
+    # -- kernel observer ------------------------------------------------------------------------
+
+    def on_state(self, actor: str, state: ActorState) -> None:
+        pass  # states are read from the registry at scrape time
+
+    def on_restart(self, supervisor: str, child: str, reason: BaseException | None, delay: float) -> None:
+        self.restarts.labels(supervisor, child).inc()
+
+    def on_escalation(self, supervisor: str, reason: BaseException) -> None:
+        self.escalations.labels(supervisor).inc()
+
+    # -- store-writer and query observers -------------------------------------------------------
+
+    def on_commit(self, batches: Any, outcome: Any, seconds: float) -> None:
+        self.commits.inc()
+        self.commit_seconds.observe(seconds)
+        self.commit_records.observe(sum(len(b.verdicts) for b in batches))
+        plane_of = {(b.topic, b.partition): b.plane.value for b in batches}
+        for (topic, partition, name), n in outcome.partition_counts.items():
+            self.events.labels(plane_of.get((topic, partition), "?"), topic, str(partition), name).inc(n)
+        for (plane, topic, _partition, reason), n in outcome.failures.items():
+            kind = "annotation" if reason.startswith("LATE_") else "hard"
+            self.failures.labels(plane, topic, reason, kind).inc(n)
+
+    def on_store_available(self, available: bool) -> None:
+        self.store_is_available = available
+        self.store_available.set(1 if available else 0)
+
+    def on_query(self, op: str, status: str, seconds: float) -> None:
+        self.query_seconds.labels(op, status).observe(seconds)
+
+    # -- health actor -----------------------------------------------------------------------------
+
+    def on_positions(self, partitions: list[dict[str, Any]]) -> None:
+        now = time.time()
+        for p in partitions:
+            labels = (p["plane"], p["topic"], str(p["partition"]))
+            if p.get("lag") is not None:
+                self.lag.labels(*labels).set(p["lag"])
+            if p.get("watermark_us") is not None:
+                self.watermark_age.labels(*labels).set(now - p["watermark_us"] / 1e6)
+            if p.get("last_commit_age_s") is not None:
+                self.checkpoint_age.labels(*labels).set(p["last_commit_age_s"])
+
+    def on_health(self, state: str) -> None:
+        self.health.set({"GREEN": 0, "AMBER": 1, "RED": 2}.get(state, 2))

@@ -1,0 +1,332 @@
+"""Deployment configuration: one YAML file per profile, validated by pydantic.
+
+Rules (interfaces.md §3):
+- unknown keys are errors; every error is one line naming the dotted key;
+- ``CTXPLANE__SECTION__KEY`` environment variables override file values (values are parsed as YAML
+  scalars/flow collections, so ``true``, ``12``, ``null`` and ``[a, b]`` work);
+- relative paths resolve against the directory of the config file (or the working directory when
+  there is no file);
+- secrets (DSN passwords, auth tokens) never appear in messages: see :func:`redact_dsn`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ctxplane.runtime.exceptions import ConfigError
+
+__all__ = (
+    "BusSettings",
+    "DrillSettings",
+    "FeaturesSettings",
+    "IngestSettings",
+    "JoinPlaneSettings",
+    "LeaseSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "QuerySettings",
+    "RunSettings",
+    "Settings",
+    "StoreSettings",
+    "load_settings",
+    "redact_dsn",
+)
+
+ENV_PREFIX = "CTXPLANE__"
+_PLATFORM_RUN_ID = re.compile(r"^platform_[0-9]{8}T[0-9]{6}Z$")
+
+CONTEXT_TOPICS = (
+    "fp.bus.context.arrival_events.v1",
+    "fp.bus.context.arrival_entities.v1",
+    "fp.bus.context.flow_anchor.fraud.v1",
+    "fp.bus.context.flow_anchor.baseline.v1",
+)
+TRAFFIC_TOPICS = ("fp.bus.traffic.fraud.v1", "fp.bus.traffic.baseline.v1")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunSettings(_Section):
+    platform_run_id: str | None = None
+    profile: str = "local"
+
+    @field_validator("platform_run_id")
+    @classmethod
+    def _run_id_format(cls, value: str | None) -> str | None:
+        if value is not None and not _PLATFORM_RUN_ID.match(value):
+            raise ValueError("must look like platform_YYYYMMDDTHHMMSSZ")
+        return value
+
+
+class StoreSettings(_Section):
+    dsn: str = "sqlite:///runs/ctxplane.sqlite"
+    # FULL: a commit survives power loss. NORMAL is faster but may lose the last commits on power loss.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # Local profiles migrate on start; production profiles run `ctxplane migrate` explicitly.
+    auto_migrate: bool = True
+    # Seconds a write may wait on the store before the writer backs off and retries.
+    busy_timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_scheme(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://"))):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if self.dsn.startswith("sqlite:") else "postgresql"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The database file of a ``sqlite:///`` DSN (``sqlite:////abs`` is absolute)."""
+        return Path(self.dsn[len("sqlite:///") :])
+
+
+class BusSettings(_Section):
+    kind: Literal["file", "kinesis"] = "file"
+    root: Path = Path("runs/eb")
+    start_position: Literal["trim_horizon", "latest"] = "trim_horizon"
+    endpoint_url: str | None = None
+    region: str | None = None
+    streams: dict[str, str] = Field(default_factory=dict)
+
+
+class JoinPlaneSettings(_Section):
+    enabled: bool = True
+    topics: tuple[str, ...] = CONTEXT_TOPICS
+    # Roles a frame needs before it is context_complete.
+    required_roles: tuple[Literal["arrival_event", "arrival_entities", "flow_anchor"], ...] = (
+        "arrival_event",
+        "flow_anchor",
+    )
+    allowed_lateness_s: float = Field(default=120.0, ge=0)
+
+
+class FeaturesSettings(_Section):
+    enabled: bool = True
+    policy: Path | None = None  # None: the default policy shipped with the package
+    topics: tuple[str, ...] = TRAFFIC_TOPICS
+    allowed_lateness_s: float = Field(default=120.0, ge=0)
+    # Extra retention kept behind the longest ttl before pruning, so late events still land in kept tiles.
+    retention_grace_s: float = Field(default=3600.0, ge=0)
+
+
+class QuerySettings(_Section):
+    listen: str = "unix:runs/ctxplane.sock"
+    auth_token: str | None = None
+    max_connections: int = Field(default=256, ge=1)
+    max_request_bytes: int = Field(default=65536, ge=1024)
+    idle_timeout_s: float = Field(default=300.0, gt=0)
+    # Requests queued beyond this are answered OVERLOADED at once instead of waiting.
+    max_pending: int = Field(default=1024, ge=1)
+    default_deadline_ms: int = Field(default=1000, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_format(cls, value: str) -> str:
+        if value.startswith("unix:") and len(value) > len("unix:"):
+            return value
+        if value.startswith("tcp://") and re.match(r"^tcp://[^:/]+:\d{1,5}$", value):
+            return value
+        raise ValueError("must be unix:PATH or tcp://HOST:PORT")
+
+
+class MetricsSettings(_Section):
+    listen: str | None = "127.0.0.1:9464"
+
+
+class IngestSettings(_Section):
+    # Records per ApplyBatch. Bigger batches amortise per-transaction costs.
+    batch_max_records: int = Field(default=2000, ge=1)
+    batch_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # ApplyBatches a partition actor may have unacknowledged (the in-flight window K).
+    inflight_batches: int = Field(default=2, ge=1)
+    # How often an idle partition actor looks for new records.
+    poll_interval_ms: int = Field(default=50, ge=1)
+    # Upper bound on records folded into one group commit.
+    group_commit_max_records: int = Field(default=20000, ge=1)
+    store_writer_mailbox: int = Field(default=16, ge=1)
+
+
+class LoggingSettings(_Section):
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class HealthSettings(_Section):
+    policy: Path | None = None  # None: the default thresholds shipped with the package
+    artifact_root: Path = Path("runs")
+    artifact_interval_s: float = Field(default=10.0, gt=0)
+
+
+class LeaseSettings(_Section):
+    """Partition leases for scale-out (actors/ingest/leases.py; PostgreSQL only). Active when ``enabled``
+    or when the store is PostgreSQL and ``bus.kind`` is kinesis."""
+
+    enabled: bool = False
+    # A lease not renewed for this long is free for another process to take.
+    duration_s: float = Field(default=10.0, gt=0)
+    # Renew (and rebalance) this often; well under duration_s so one slow round never loses leases.
+    renew_every_s: float = Field(default=3.0, gt=0)
+    owner: str | None = None  # None: "<hostname>:<pid>"
+
+
+class DrillSettings(_Section):
+    """Failure drills (``ctxplane drill``; actors/drills/controller.py). Off by default: with ``enabled: false``
+    the process has no drill controller and the ``drill`` op is refused, so nothing can inject a
+    fault into a production process by accident."""
+
+    enabled: bool = False
+
+
+class Settings(_Section):
+    run: RunSettings = RunSettings()
+    store: StoreSettings = StoreSettings()
+    bus: BusSettings = BusSettings()
+    join_plane: JoinPlaneSettings = JoinPlaneSettings()
+    features: FeaturesSettings = FeaturesSettings()
+    query: QuerySettings = QuerySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    ingest: IngestSettings = IngestSettings()
+    logging: LoggingSettings = LoggingSettings()
+    health: HealthSettings = HealthSettings()
+    drills: DrillSettings = DrillSettings()
+    leases: LeaseSettings = LeaseSettings()
+    source: Path | None = Field(default=None, exclude=True)
+
+    def topics(self) -> dict[str, str]:
+        """Every consumed topic mapped to its plane (``join`` or ``features``)."""
+        planes: dict[str, str] = {}
+        if self.join_plane.enabled:
+            planes.update({topic: "join" for topic in self.join_plane.topics})
+        if self.features.enabled:
+            planes.update({topic: "features" for topic in self.features.topics})
+        return planes
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return ``dsn`` with any password replaced by ``***`` (safe for logs and messages)."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load, override from the environment, validate and resolve a configuration.
+
+    Args:
+        path: the YAML profile; ``None`` uses defaults only (plus environment overrides).
+        env: the environment to read overrides from (defaults to ``os.environ``).
+
+    Returns:
+        A frozen :class:`Settings` whose relative paths are resolved against the file's directory.
+
+    Raises:
+        ConfigError: missing or unreadable file, bad YAML, unknown key or invalid value; the message is
+            one line and names the key.
+    """
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{file}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of sections")
+        raw = loaded
+        base = file.resolve().parent
+    _apply_env_overrides(raw, os.environ if env is None else env)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, path)) from None
+    return _resolve_paths(settings, base, Path(path) if path is not None else None)
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(keys):
+            raise ConfigError(f"{name}: malformed override (expected CTXPLANE__SECTION__KEY)")
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {key} is not a section")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            node[keys[-1]] = value
+
+
+def _first_error(exc: ValidationError, path: str | os.PathLike[str] | None) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    where = f"{path}: " if path is not None else ""
+    if error["type"] == "extra_forbidden":
+        return f"{where}{key}: unknown key"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) or "dsn" in key or "token" in key else f" (got {value!r})"
+    return f"{where}{key}: {message}{shown}"
+
+
+def _resolve_paths(settings: Settings, base: Path, source: Path | None) -> Settings:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    store = settings.store
+    if store.backend == "sqlite" and not store.sqlite_path.is_absolute():
+        store = store.model_copy(update={"dsn": f"sqlite:///{resolve(store.sqlite_path)}"})
+    listen = settings.query.listen
+    if listen.startswith("unix:"):
+        listen = f"unix:{resolve(Path(listen[len('unix:'):]))}"
+    features = settings.features
+    if features.policy is not None:
+        features = features.model_copy(update={"policy": resolve(features.policy)})
+    health = settings.health.model_copy(
+        update={
+            "policy": resolve(settings.health.policy) if settings.health.policy else None,
+            "artifact_root": resolve(settings.health.artifact_root),
+        }
+    )
+    return settings.model_copy(
+        update={
+            "store": store,
+            "bus": settings.bus.model_copy(update={"root": resolve(settings.bus.root)}),
+            "query": settings.query.model_copy(update={"listen": listen}),
+            "features": features,
+            "health": health,
+            "source": source,
+        }
+    )

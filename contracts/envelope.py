@@ -1,0 +1,176 @@
+"""The canonical event envelope and ContextPins (contracts.md §1).
+
+Two views of the same schema: :class:`Envelope` (pydantic, for clients, generators and docs) and
+:func:`envelope_error` (hand-checked, for the ingest hot path). A property test keeps them in
+agreement; the hot path never builds a model per event.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from ctxplane.contracts.timestamps import TS_PATTERN
+
+__all__ = (
+    "PIN_FIELDS",
+    "ContextPins",
+    "Envelope",
+    "envelope_error",
+    "pins_error",
+)
+
+_HEX64 = re.compile(r"^[a-f0-9]{64}$")
+_HEX32 = re.compile(r"^[a-f0-9]{32}$")
+_PLATFORM_RUN = re.compile(r"^platform_[0-9]{8}T[0-9]{6}Z$")
+_SEED_MAX = 2**64 - 1
+
+# The six ContextPins every stored row and every query carries; run_id is an optional legacy alias.
+PIN_FIELDS: tuple[str, ...] = (
+    "platform_run_id",
+    "scenario_run_id",
+    "manifest_fingerprint",
+    "parameter_hash",
+    "scenario_id",
+    "seed",
+)
+
+Hex64 = Annotated[StrictStr, Field(pattern=_HEX64.pattern)]
+Hex32 = Annotated[StrictStr, Field(pattern=_HEX32.pattern)]
+Timestamp = Annotated[StrictStr, Field(pattern="^" + TS_PATTERN.pattern + "$")]
+PlatformRunId = Annotated[StrictStr, Field(pattern=_PLATFORM_RUN.pattern)]
+Seed = Annotated[StrictInt, Field(ge=0, le=_SEED_MAX)]
+
+
+def _text(max_len: int) -> Any:
+    return Annotated[StrictStr, Field(min_length=1, max_length=max_len)]
+
+
+class Envelope(BaseModel):
+    """The canonical envelope: no extra top-level keys; ``payload`` is opaque."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: _text(256)  # type: ignore[valid-type]
+    event_type: _text(256)  # type: ignore[valid-type]
+    ts_utc: Timestamp
+    manifest_fingerprint: Hex64
+    parameter_hash: Hex64 | None = None
+    seed: Seed | None = None
+    scenario_id: _text(256) | Annotated[StrictInt, Field(ge=0)] | None = None  # type: ignore[valid-type]
+    run_id: Hex32 | None = None
+    platform_run_id: PlatformRunId | None = None
+    scenario_run_id: Hex32 | None = None
+    emitted_at_utc: Timestamp | None = None
+    schema_version: _text(64) | None = None  # type: ignore[valid-type]
+    trace_id: _text(128) | None = None  # type: ignore[valid-type]
+    span_id: _text(128) | None = None  # type: ignore[valid-type]
+    parent_event_id: _text(256) | None = None  # type: ignore[valid-type]
+    producer: _text(128) | None = None  # type: ignore[valid-type]
+    payload: dict[str, Any] | None = None
+
+
+class ContextPins(BaseModel):
+    """The pins a query presents and every stored row carries (the six + optional run_id)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    platform_run_id: PlatformRunId
+    scenario_run_id: Hex32
+    manifest_fingerprint: Hex64
+    parameter_hash: Hex64
+    scenario_id: _text(256)  # type: ignore[valid-type]
+    seed: Seed
+    run_id: Hex32 | None = None
+
+
+def _is_text(value: object, max_len: int) -> bool:
+    return type(value) is str and 0 < len(value) <= max_len
+
+
+def _is_seed(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _SEED_MAX
+
+
+# field -> (required, check). Decided once; envelope_error walks this table per event.
+_CHECKS: dict[str, tuple[bool, Any]] = {
+    "event_id": (True, lambda v: _is_text(v, 256)),
+    "event_type": (True, lambda v: _is_text(v, 256)),
+    "ts_utc": (True, lambda v: type(v) is str and TS_PATTERN.fullmatch(v) is not None),
+    "manifest_fingerprint": (True, lambda v: type(v) is str and _HEX64.match(v) is not None),
+    "parameter_hash": (False, lambda v: type(v) is str and _HEX64.match(v) is not None),
+    "seed": (False, _is_seed),
+    "scenario_id": (False, lambda v: _is_text(v, 256) or (type(v) is int and v >= 0)),
+    "run_id": (False, lambda v: type(v) is str and _HEX32.match(v) is not None),
+    "platform_run_id": (False, lambda v: type(v) is str and _PLATFORM_RUN.match(v) is not None),
+    "scenario_run_id": (False, lambda v: type(v) is str and _HEX32.match(v) is not None),
+    "emitted_at_utc": (False, lambda v: type(v) is str and TS_PATTERN.fullmatch(v) is not None),
+    "schema_version": (False, lambda v: _is_text(v, 64)),
+    "trace_id": (False, lambda v: _is_text(v, 128)),
+    "span_id": (False, lambda v: _is_text(v, 128)),
+    "parent_event_id": (False, lambda v: _is_text(v, 256)),
+    "producer": (False, lambda v: _is_text(v, 128)),
+    "payload": (False, lambda v: type(v) is dict),
+}
+_REQUIRED = tuple(name for name, (required, _) in _CHECKS.items() if required)
+_REQUIRED_SET = frozenset(_REQUIRED)
+_ALLOWED = frozenset(_CHECKS)
+# The run-identity fields repeat on every event of a run: once a combination is known valid, it is
+# not re-checked field by field (a bounded cache; a run has a handful of combinations).
+_PIN_GROUP = ("manifest_fingerprint", "parameter_hash", "seed", "scenario_id", "run_id", "platform_run_id",
+              "scenario_run_id")
+_PER_EVENT = tuple(name for name in _CHECKS if name not in _PIN_GROUP)
+_valid_pin_groups: set[tuple[Any, ...]] = set()
+
+
+def envelope_error(envelope: dict[str, Any]) -> str | None:
+    """Return ``None`` if ``envelope`` is a valid canonical envelope, else a short reason.
+
+    ``null`` for an optional field counts as absent, as in :class:`Envelope`.
+    """
+    keys = envelope.keys()
+    if not _REQUIRED_SET <= keys:
+        for name in _REQUIRED:
+            if name not in envelope:
+                return f"missing required field {name}"
+    if not keys <= _ALLOWED:
+        for name in envelope:
+            if name not in _ALLOWED:
+                return f"unexpected top-level field {name}"
+    # Types are part of the key: True == 1 and 1.0 == 1 in Python, but only the int is a valid seed.
+    group = tuple((type(v), v) for v in map(envelope.get, _PIN_GROUP))
+    hashable = all(t is not dict and t is not list for t, _ in group)
+    known = hashable and group in _valid_pin_groups
+    for name in _PER_EVENT if known else _CHECKS:
+        if name not in envelope:
+            continue
+        value = envelope[name]
+        required, check = _CHECKS[name]
+        if value is None and not required:
+            continue
+        if not check(value):
+            return f"invalid {name}"
+    if not known and hashable and len(_valid_pin_groups) < 1024:
+        _valid_pin_groups.add(group)
+    return None
+
+
+def pins_error(pins: object) -> str | None:
+    """Validate request pins (the six required, formats checked); ``None`` when valid."""
+    if not isinstance(pins, dict):
+        return "pins must be an object"
+    for name in PIN_FIELDS:
+        if pins.get(name) is None:
+            return f"pins.{name} is required"
+    for name, value in pins.items():
+        if name not in _CHECKS or name not in (*PIN_FIELDS, "run_id"):
+            return f"pins.{name} is not a pin"
+        if value is None and name == "run_id":
+            continue
+        if name == "scenario_id" and type(value) is int:
+            return "pins.scenario_id must be a string"
+        if not _CHECKS[name][1](value):
+            return f"pins.{name} is invalid"
+    return None

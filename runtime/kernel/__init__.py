@@ -1,0 +1,47 @@
+"""The actor kernel: bounded mailboxes, actors, refs, a registry and supervisors.
+
+Generic on purpose: nothing here knows about joins, features, buses or stores. The application in
+``actors/`` builds its supervision tree from these pieces.
+"""
+
+from __future__ import annotations
+
+from ctxplane.runtime.kernel.actor import Actor as Actor
+from ctxplane.runtime.kernel.actor import ActorContext as ActorContext
+from ctxplane.runtime.kernel.actor import ActorRef as ActorRef
+from ctxplane.runtime.kernel.actor import ActorSnapshot as ActorSnapshot
+from ctxplane.runtime.kernel.actor import Registry as Registry
+from ctxplane.runtime.kernel.actor import Reply as Reply
+from ctxplane.runtime.kernel.lifecycle import ActorState as ActorState
+from ctxplane.runtime.kernel.mailbox import Mailbox as Mailbox
+from ctxplane.runtime.kernel.mailbox import MailboxStatistics as MailboxStatistics
+from ctxplane.runtime.kernel.mailbox import open_mailbox as open_mailbox
+from ctxplane.runtime.kernel.observer import KernelObserver as KernelObserver
+from ctxplane.runtime.kernel.supervisor import Backoff as Backoff
+from ctxplane.runtime.kernel.supervisor import ChildSpec as ChildSpec
+from ctxplane.runtime.kernel.supervisor import Intensity as Intensity
+from ctxplane.runtime.kernel.supervisor import Restart as Restart
+from ctxplane.runtime.kernel.supervisor import Strategy as Strategy
+from ctxplane.runtime.kernel.supervisor import Supervisor as Supervisor
+from ctxplane.runtime.kernel.supervisor import SupervisorStatistics as SupervisorStatistics
+
+__all__ = (
+    "Actor",
+    "ActorContext",
+    "ActorRef",
+    "ActorSnapshot",
+    "ActorState",
+    "Backoff",
+    "ChildSpec",
+    "Intensity",
+    "KernelObserver",
+    "Mailbox",
+    "MailboxStatistics",
+    "Registry",
+    "Reply",
+    "Restart",
+    "Strategy",
+    "Supervisor",
+    "SupervisorStatistics",
+    "open_mailbox",
+)
