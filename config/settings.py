@@ -19,9 +19,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from ctxplane.runtime.exceptions import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = (
     "BusSettings",

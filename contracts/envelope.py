@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-
 from ctxplane.contracts.timestamps import TS_PATTERN
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = (
     "PIN_FIELDS",

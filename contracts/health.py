@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from ctxplane.runtime.exceptions import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = ("HealthPolicy", "HealthSignals", "Threshold", "evaluate_health", "load_health_policy")
 

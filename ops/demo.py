@@ -58,7 +58,6 @@ def show_features(answer: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    from ctxplane.runtime.client import Client
     from ctxplane.actors.operate.demo_workload import demo_expectations
 
     shutil.rmtree(DEMO, ignore_errors=True)

@@ -88,7 +88,11 @@ def patch_moto() -> None:
 
 def serve(host: str, port: int) -> None:
     """Run moto's server app (all services; only Kinesis is used) behind one lock."""
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
     from werkzeug.serving import run_simple
 
     patch_moto()

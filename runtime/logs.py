@@ -10,7 +10,6 @@ import logging
 import sys
 
 import structlog
-
 from ctxplane.config.settings import LoggingSettings
 
 __all__ = ("configure_logging",)

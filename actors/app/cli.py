@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import orjson
-
 from ctxplane.runtime.exceptions import CtxplaneError, UsageError
 
 __all__ = ("main",)
@@ -62,7 +61,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
+    from ctxplane.actors.operate.digest import (
+        ledger_digest_program,
+        state_digest_program,
+    )
     from ctxplane.runtime.store import open_store
 
     settings = _settings(args)

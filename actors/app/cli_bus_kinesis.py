@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
-
 from ctxplane.runtime.bus import BusUnavailable, KinesisBus, kinesis_bus_from_settings
 from ctxplane.runtime.exceptions import BusError, CtxplaneError, UsageError
 
@@ -24,8 +23,8 @@ T = TypeVar("T")
 
 def _run(bus_settings: Any, body: Callable[[KinesisBus], Awaitable[T]]) -> T:
     # stdout carries the command's one result line; the adapter's warnings (backoff) go to stderr.
-    from ctxplane.runtime.logs import configure_logging
     from ctxplane.config.settings import LoggingSettings
+    from ctxplane.runtime.logs import configure_logging
 
     configure_logging(LoggingSettings(level="warning"), stream=sys.stderr)
 

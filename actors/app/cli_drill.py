@@ -112,9 +112,9 @@ def add_drill_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 def cmd_drill(args: argparse.Namespace) -> int:
     """Run the named drill; print its report; exit 0 on PASS, 1 on FAIL."""
     from ctxplane.actors.drills import runs
+    from ctxplane.config.settings import load_settings
     from ctxplane.runtime.exceptions import UsageError
     from ctxplane.runtime.logs import configure_logging
-    from ctxplane.config.settings import load_settings
 
     settings = load_settings(args.config)
     configure_logging(settings.logging)

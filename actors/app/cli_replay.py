@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio
 import orjson
-
 from ctxplane.actors.app.cli_bus import _non_negative_int
 
 __all__ = ("add_replay_parser", "cmd_checkpoint_manifest", "cmd_checkpoint_rewind", "cmd_replay")
@@ -77,8 +76,8 @@ def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from ctxplane.runtime.logs import configure_logging
     from ctxplane.config.settings import load_settings
+    from ctxplane.runtime.logs import configure_logging
 
     settings = load_settings(args.config)
     configure_logging(settings.logging)

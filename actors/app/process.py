@@ -9,33 +9,18 @@ from contextlib import AsyncExitStack
 
 import anyio
 import structlog
-
-from ctxplane.actors.serve.metrics import Metrics
-from ctxplane.contracts.health import load_health_policy
+from ctxplane.actors.app.tree import build_root
 from ctxplane.actors.ingest.progress import IngestProgress
-from ctxplane.actors.app.tree import AppContext, build_root
-from ctxplane.runtime.bus import EventBus, FileBus
+from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of
+from ctxplane.actors.serve.metrics import Metrics
+from ctxplane.config.settings import Settings, redact_dsn
+from ctxplane.contracts.health import load_health_policy
 from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.kernel import Registry
-from ctxplane.config.settings import Settings, redact_dsn
-from ctxplane.runtime.store import StoreBackend, open_store
 
 __all__ = ("open_bus", "run_process", "scope_of")
 
 log = structlog.get_logger("ctxplane.run")
-
-
-def scope_of(settings: Settings) -> str:
-    """Checkpoint scope: the pinned run, or ``*`` when the process accepts any run."""
-    return settings.run.platform_run_id or "*"
-
-
-def open_bus(settings: Settings) -> EventBus:
-    if settings.bus.kind == "file":
-        return FileBus(settings.bus.root, start_position=settings.bus.start_position)
-    from ctxplane.runtime.bus import kinesis_bus_from_settings
-
-    return kinesis_bus_from_settings(settings.bus)
 
 
 def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
@@ -54,17 +39,6 @@ def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
         thread.join(5)
 
     return stop
-
-
-async def open_ready_store(settings: Settings) -> StoreBackend:
-    store = await open_store(settings.store)
-    try:
-        await store.ensure_schema(auto_migrate=settings.store.auto_migrate)
-    except BaseException:  # refused or cancelled: close what we opened (even when cancelled), re-raise
-        with anyio.CancelScope(shield=True):
-            await store.aclose()
-        raise
-    return store
 
 
 async def run_process(settings: Settings, *, once: bool = False) -> None:

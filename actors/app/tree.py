@@ -13,30 +13,36 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import structlog
-
-from ctxplane.actors.ingest.checkpoint import CheckpointActor
 from ctxplane.actors.drills.controller import DRILLS, DrillGate, drill_controller_spec
-from ctxplane.actors.serve.health import HealthActor
+from ctxplane.actors.ingest.checkpoint import CheckpointActor
 from ctxplane.actors.ingest.leases import assigner_spec, assignment_mode
-from ctxplane.actors.ingest.partition import PartitionActor, PartitionConfig
-from ctxplane.actors.ingest.progress import IngestProgress
-from ctxplane.actors.serve.query import QueryActor
+from ctxplane.actors.ingest.partition import (
+    PartitionActor,
+    PartitionConfig,
+    partition_name,
+)
 from ctxplane.actors.ingest.store_writer import StoreWriter, StoreWriterConfig
+from ctxplane.actors.resources import AppContext
+from ctxplane.actors.serve.health import HealthActor
+from ctxplane.actors.serve.query import QueryActor
 from ctxplane.contracts.classes import Plane
-from ctxplane.contracts.health import HealthPolicy
 from ctxplane.contracts.intake import IntakeRules
-from ctxplane.runtime.bus import EventBus
 from ctxplane.runtime.exceptions import ActorNameTaken, BusError, SupervisorStopped
-from ctxplane.runtime.kernel import Actor, ActorContext, Backoff, ChildSpec, Intensity, Registry, Strategy, Supervisor
-from ctxplane.config.settings import Settings
-from ctxplane.runtime.store import StoreBackend, open_store
+from ctxplane.runtime.kernel import (
+    Actor,
+    ActorContext,
+    Backoff,
+    ChildSpec,
+    Intensity,
+    Strategy,
+    Supervisor,
+)
+from ctxplane.runtime.store import open_store
 
 __all__ = ("AppContext", "build_root", "partition_name")
 
@@ -46,28 +52,6 @@ STORE_WRITER = "store-writer"
 CHECKPOINT = "checkpoint"
 QUERY = "query"
 HEALTH = "health"
-
-
-def partition_name(topic: str, partition: int) -> str:
-    return f"partition:{topic}:{partition}"
-
-
-@dataclass
-class AppContext:
-    """Process-scoped resources shared by the tree (built once by ``run``, closed after it)."""
-
-    settings: Settings
-    bus: EventBus
-    read_store: StoreBackend
-    registry: Registry
-    progress: IngestProgress
-    scope: str
-    partitions: dict[tuple[str, int], str]  # (topic, partition) -> plane
-    features: Any = None  # the feature plane (writer + query answerer), when enabled
-    observer: Any = None  # metrics observer
-    query_counts: Counter[str] = field(default_factory=Counter)  # join_misses, missing_features, ...
-    health_policy: HealthPolicy | None = None
-    supervisors: dict[str, Supervisor] = field(default_factory=dict)  # current root / partitions (drills)
 
 
 def _rules(app: AppContext, plane: Plane) -> IntakeRules:

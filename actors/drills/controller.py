@@ -47,17 +47,22 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import structlog
-
-from ctxplane.runtime.kernel.faults import InjectFault
 from ctxplane.actors.ingest.store_writer import RunWrite, WriteResult
-from ctxplane.contracts.timestamps import now_utc
-from ctxplane.runtime.exceptions import ActorFailed, ActorUnavailable, AskTimeout, CtxplaneError, SupervisorStopped
-from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, ChildSpec, Supervisor
-from ctxplane.runtime.server import error_response, is_loopback, parse_listen
 from ctxplane.config.settings import QuerySettings
+from ctxplane.contracts.timestamps import now_utc
+from ctxplane.runtime.exceptions import (
+    ActorFailed,
+    ActorUnavailable,
+    AskTimeout,
+    CtxplaneError,
+    SupervisorStopped,
+)
+from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, ChildSpec, Supervisor
+from ctxplane.runtime.kernel.faults import InjectFault
+from ctxplane.runtime.server import error_response, is_loopback, parse_listen
 
 if TYPE_CHECKING:
-    from ctxplane.actors.app.tree import AppContext
+    from ctxplane.actors.resources import AppContext
 
 __all__ = ("DRILLS", "DrillCommand", "DrillController", "DrillGate", "drill_controller_spec", "parse_drill_request")
 
@@ -288,7 +293,9 @@ class DrillController(Actor):
 
     async def _rewind(self, command: DrillCommand) -> dict[str, Any]:
         """Stop, rewind, restart each selected partition; see the module docstring."""
-        from ctxplane.actors.operate.replay import rewind_program  # the audited operator rewind, run in-process
+        from ctxplane.actors.operate.replay import (
+            rewind_program,  # the audited operator rewind, run in-process
+        )
 
         assert command.by is not None
         selected = self._select(command)

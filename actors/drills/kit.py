@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-
-from ctxplane.actors.app.process import open_bus, scope_of
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
+from ctxplane.actors.resources import open_bus, scope_of
 from ctxplane.actors.tables.reads import checkpoints_program
+from ctxplane.config.settings import Settings, StoreSettings
 from ctxplane.contracts.join import CheckpointRow
 from ctxplane.runtime.bus import EventBus, partition_key_for
 from ctxplane.runtime.client import AsyncClient, QueryEndpointUnavailable
 from ctxplane.runtime.exceptions import StoreError
-from ctxplane.config.settings import Settings, StoreSettings
 from ctxplane.runtime.store import Fetch, Program, open_store
 
 __all__ = (
@@ -357,8 +356,8 @@ def drill_workload(settings: Settings, events: int, *, seed: int | None = None, 
     now on: a drill's events are never late against what the bus held before, and the next drill's
     are never late against this one's (the demo generator spaces flows one second apart).
     """
-    from ctxplane.contracts.timestamps import format_ts_us
     from ctxplane.actors.operate.demo_workload import generate
+    from ctxplane.contracts.timestamps import format_ts_us
 
     seed = seed if seed is not None else secrets.randbelow(2**31) + 1000
     flows = max(1, -(-events // 5))

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-
 from ctxplane.actors.drills.kit import (
     POLL_S,
     Answer,
@@ -47,9 +46,9 @@ from ctxplane.actors.drills.kit import (
     reason_counts,
     wait_caught_up,
 )
+from ctxplane.config.settings import Settings
 from ctxplane.runtime.bus import EventBus
 from ctxplane.runtime.exceptions import CtxplaneError, UsageError
-from ctxplane.config.settings import Settings
 
 __all__ = (
     "ActorFaultOptions",

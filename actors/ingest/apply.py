@@ -23,17 +23,17 @@ from functools import lru_cache
 from typing import Any, TypeAlias
 
 import orjson
-
 from ctxplane.actors.ingest.fencing import fence_program
+from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.contracts.canonical import canonical_json, sha256_hex
-from ctxplane.contracts.classes import Plane, Role
+from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import Accepted, Ignored, Rejected, SourceRef
 from ctxplane.contracts.messages import ApplyBatch, PartitionPosition
 from ctxplane.contracts.reasons import Reason
 from ctxplane.contracts.timestamps import format_ts_us
 from ctxplane.runtime.store import ExecMany, Fetch, Program, Row
 
-__all__ = ("ApplyOutcome", "FeatureWriter", "KeySpec", "apply_program", "chunks", "fetch_by_keys")
+__all__ = ("ApplyOutcome", "KeySpec", "apply_program", "chunks", "fetch_by_keys")
 
 # Key lookups are split into chunks of at most this many keys: well under both backends' bound-
 # parameter limits (SQLite 32766, PostgreSQL 32767) and small enough for good plans. A power of two,
@@ -105,14 +105,6 @@ class ApplyOutcome:
     touched_flows: set[tuple[str, str, str]] = field(default_factory=set)
     touched_frames: set[tuple[str, str, str, int]] = field(default_factory=set)
     touched_feature_keys: set[tuple[str, str, str, str]] = field(default_factory=set)
-
-
-class FeatureWriter:
-    """Plug-in for the feature plane's writes (set by the feature-plane module)."""
-
-    def write(self, events: Sequence[Accepted]) -> Program[None]:  # pragma: no cover - interface
-        raise NotImplementedError
-        yield  # noqa: unreachable - makes this a generator
 
 
 _LEDGER_INSERT = (

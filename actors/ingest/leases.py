@@ -43,14 +43,20 @@ from typing import Any, Final, Literal
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-
 from ctxplane.actors.ingest.fencing import LeasedWriter
 from ctxplane.actors.tables.reads import checkpoints_program
+from ctxplane.config.settings import Settings
 from ctxplane.contracts.timestamps import format_ts_us
 from ctxplane.runtime.bus.kinesis import is_drained
-from ctxplane.runtime.exceptions import ActorNameTaken, ActorUnavailable, BusError, StoreError, SupervisorStopped, UsageError
+from ctxplane.runtime.exceptions import (
+    ActorNameTaken,
+    ActorUnavailable,
+    BusError,
+    StoreError,
+    SupervisorStopped,
+    UsageError,
+)
 from ctxplane.runtime.kernel import Actor, ActorContext, ChildSpec
-from ctxplane.config.settings import Settings
 from ctxplane.runtime.store import Fetch, Program, StoreBackend
 
 __all__ = (
@@ -463,7 +469,7 @@ class PartitionAssigner(Actor):
                 return
 
     async def _reconcile(self) -> None:
-        from ctxplane.actors.app.tree import partition_name
+        from ctxplane.actors.ingest.partition import partition_name
 
         book = self.book
         supervisor = self._supervisor()

@@ -22,20 +22,23 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
-
-from ctxplane.runtime.kernel.faults import InjectedFault, InjectFault
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.tables.reads import checkpoints_program
 from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef
-from ctxplane.contracts.messages import ApplyBatch, Applied, ApplyFailed
+from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.contracts.timestamps import parse_ts_us
 from ctxplane.runtime.bus import EventBus
 from ctxplane.runtime.exceptions import CtxplaneError
 from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, ActorState
 from ctxplane.runtime.store import StoreBackend
 
-__all__ = ("PartitionActor", "PartitionConfig")
+__all__ = ("PartitionActor", "PartitionConfig", "partition_name")
+
+
+def partition_name(topic: str, partition: int) -> str:
+    return f"partition:{topic}:{partition}"
+
 
 
 # Records classified between two yields to the event loop (~1 ms of work).
@@ -157,8 +160,6 @@ class PartitionActor(Actor):
             self._progress.committed((self.config.topic, self.config.partition), payload.next_offset)
         elif type(payload) is ApplyFailed:
             raise ApplyRejected(f"{ctx.name}: batch {payload.seq} was not applied: {payload.error}")
-        elif type(payload) is InjectFault:  # drills only (runtime/kernel/faults.py)
-            raise InjectedFault(f"{ctx.name}: crashed on purpose by {payload.label}")
         if reply is not None:
             reply.send({"position": self.position, "inflight": len(inflight)})
         return False

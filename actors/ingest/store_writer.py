@@ -10,8 +10,9 @@ Commit protocol, per group commit (steps match the code):
   5. announce ``Committed`` to the checkpoint and query actors (wakes ``wait_ms`` waiters).
 
 Between group commits it also runs :class:`RunWrite` requests (a drill's checkpoint rewind), so such
-a write never interleaves with a commit; and it crashes on :class:`~ctxplane.runtime.kernel.faults.InjectFault`
-(drills only, see ``runtime/kernel/faults.py``).
+a write never interleaves with a commit. Like every actor it crashes on the kernel's ``InjectFault``
+(drills only, see ``runtime/kernel/faults.py``): the batches drained so far are lost with the
+incarnation, as in any crash, and their partitions restart from the checkpoints.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-
-from ctxplane.actors.ingest.apply import ApplyOutcome, FeatureWriter, apply_program
-from ctxplane.runtime.kernel.faults import InjectedFault, InjectFault
+from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
 from ctxplane.actors.ingest.fencing import LeaseLost, refuse_fenced
-from ctxplane.contracts.messages import ApplyBatch, Applied, Committed
+from ctxplane.actors.tables.features import FeatureWriter
+from ctxplane.contracts.messages import Applied, ApplyBatch, Committed
 from ctxplane.contracts.timestamps import now_utc
-from ctxplane.runtime.exceptions import ActorUnavailable, CtxplaneError, StoreUnavailable
+from ctxplane.runtime.exceptions import (
+    ActorUnavailable,
+    CtxplaneError,
+    StoreUnavailable,
+)
 from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Reply
 from ctxplane.runtime.store import Program, StoreBackend
 
@@ -98,7 +102,7 @@ class StoreWriter(Actor):
         self._store = await self._connect()
         if self._feature_plane is not None:
             # Recorded so `ctxplane digest` can apply the same retention rule from the store alone.
-            from ctxplane.actors.serve.features import retention_meta_program
+            from ctxplane.actors.tables.features import retention_meta_program
 
             # Retried, not raised: a failed start counts toward the restart intensity, so a store
             # that drops between connect and this write would turn an outage into a crash loop.
@@ -165,10 +169,6 @@ class StoreWriter(Actor):
             elif type(payload) is ApplyBatch:
                 batches.append(payload)
                 records += len(payload.verdicts)
-            elif type(payload) is InjectFault:
-                # A drill's deliberate crash: the batches drained so far are lost with this
-                # incarnation, as in any crash; their partitions restart from the checkpoints.
-                raise InjectedFault(f"{ctx.name}: crashed on purpose by {payload.label}")
             if records >= self.config.group_commit_max_records:
                 return batches, False
             try:

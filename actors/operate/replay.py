@@ -51,11 +51,11 @@ import anyio
 import structlog
 import yaml
 from anyio.streams.memory import MemoryObjectSendStream
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
-
-from ctxplane.actors.app.process import open_bus, open_ready_store, scope_of
-from ctxplane.actors.ingest.apply import ApplyOutcome, FeatureWriter, apply_program
+from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
+from ctxplane.actors.resources import open_bus, open_ready_store, scope_of
+from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.actors.tables.reads import basis_program, checkpoints_program
+from ctxplane.config.settings import Settings
 from ctxplane.contracts.canonical import canonical_json, digest
 from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef, Verdict
@@ -64,8 +64,15 @@ from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
 from ctxplane.runtime.bus import FILE_LINE, EventBus
 from ctxplane.runtime.exceptions import StoreError, UsageError
-from ctxplane.config.settings import Settings
 from ctxplane.runtime.store import Execute, Fetch, Program, StoreBackend
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = (
     "REPLAY_TOPIC_NOT_ALLOWED",
@@ -521,7 +528,7 @@ async def replay(settings: Settings, manifest: ReplayManifest) -> ReplayReport:
         windows = await _windows(settings, manifest, bus, checkpoints)
         held = {(scope, w.topic, w.partition): w.checkpoint for w in windows if not w.contiguous}
         if feature_plane is not None:
-            from ctxplane.actors.serve.features import retention_meta_program
+            from ctxplane.actors.tables.features import retention_meta_program
 
             # As the store-writer does on start: `ctxplane digest` applies retention from the store alone.
             await store.write(retention_meta_program(feature_plane.retention_us))

@@ -18,19 +18,29 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 import structlog
 from anyio.abc import TaskStatus
-
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ctxplane.actors.tables.reads import basis_program, join_snapshot_program
-from ctxplane.contracts.join import JOIN_OPS, JoinRequest, answer_join, invalid_join_answer, parse_join_request
+from ctxplane.config.settings import QuerySettings, StoreSettings
+from ctxplane.contracts.join import (
+    JOIN_OPS,
+    JoinRequest,
+    answer_join,
+    invalid_join_answer,
+    parse_join_request,
+)
 from ctxplane.contracts.messages import Committed
 from ctxplane.contracts.reasons import Reason
 from ctxplane.contracts.timestamps import now_utc
-from ctxplane.runtime.exceptions import AskTimeout, ActorUnavailable, StoreError, StoreUnavailable
+from ctxplane.runtime.exceptions import (
+    ActorUnavailable,
+    AskTimeout,
+    StoreError,
+    StoreUnavailable,
+)
 from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef
 from ctxplane.runtime.server import LineServer, error_response
-from ctxplane.config.settings import QuerySettings, StoreSettings
 from ctxplane.runtime.store import StoreBackend, open_store
 
 __all__ = ("QueryActor",)

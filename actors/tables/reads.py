@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from ctxplane.contracts.join import BindingClaim, basis_of, CheckpointRow, JoinRequest, JoinSnapshot, RoleEntry
+from ctxplane.contracts.join import (
+    BindingClaim,
+    CheckpointRow,
+    JoinRequest,
+    JoinSnapshot,
+    RoleEntry,
+    basis_of,
+)
 from ctxplane.runtime.store import Fetch, Program
 
 __all__ = ("basis_program", "checkpoints_program", "join_snapshot_program", "plane_stream")

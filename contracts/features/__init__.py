@@ -15,13 +15,17 @@ from ctxplane.contracts.features.aggregate import Agg as Agg
 from ctxplane.contracts.features.aggregate import parse_amount as parse_amount
 from ctxplane.contracts.features.aggregate import present as present
 from ctxplane.contracts.features.aggregate import units_to_number as units_to_number
-from ctxplane.contracts.features.policy import DEFAULT_AGGREGATIONS as DEFAULT_AGGREGATIONS
+from ctxplane.contracts.features.policy import (
+    DEFAULT_AGGREGATIONS as DEFAULT_AGGREGATIONS,
+)
 from ctxplane.contracts.features.policy import DEFAULT_KEY_TYPE as DEFAULT_KEY_TYPE
 from ctxplane.contracts.features.policy import FeatureGroup as FeatureGroup
 from ctxplane.contracts.features.policy import FeaturePolicy as FeaturePolicy
 from ctxplane.contracts.features.policy import PolicyError as PolicyError
 from ctxplane.contracts.features.policy import WindowSpec as WindowSpec
-from ctxplane.contracts.features.policy import default_policy_path as default_policy_path
+from ctxplane.contracts.features.policy import (
+    default_policy_path as default_policy_path,
+)
 from ctxplane.contracts.features.policy import load_policy as load_policy
 from ctxplane.contracts.features.policy import parse_duration as parse_duration
 from ctxplane.contracts.features.policy import parse_policy as parse_policy
@@ -32,7 +36,9 @@ from ctxplane.contracts.features.tiles import TileBatch as TileBatch
 from ctxplane.contracts.features.tiles import TileRow as TileRow
 from ctxplane.contracts.features.tiles import TileValue as TileValue
 from ctxplane.contracts.features.tiles import TrafficEvent as TrafficEvent
-from ctxplane.contracts.features.tiles import as_of_beyond_retention as as_of_beyond_retention
+from ctxplane.contracts.features.tiles import (
+    as_of_beyond_retention as as_of_beyond_retention,
+)
 from ctxplane.contracts.features.tiles import evaluate as evaluate
 from ctxplane.contracts.features.tiles import first_kept_tile as first_kept_tile
 from ctxplane.contracts.features.tiles import merge_tile_row as merge_tile_row

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
+from ctxplane.contracts.canonical import digest
+from ctxplane.contracts.features.aggregate import AGGREGATIONS
+from ctxplane.runtime.exceptions import ConfigError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,10 +39,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from ctxplane.contracts.canonical import digest
-from ctxplane.contracts.features.aggregate import AGGREGATIONS
-from ctxplane.runtime.exceptions import ConfigError
 
 __all__ = (
     "DEFAULT_AGGREGATIONS",

@@ -13,10 +13,10 @@ from typing import Any
 
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.envelope import pins_error
-from ctxplane.contracts.timestamps import parse_ts_us
 from ctxplane.contracts.features.aggregate import Agg, present
 from ctxplane.contracts.features.policy import FeatureGroup, FeaturePolicy
 from ctxplane.contracts.features.tiles import as_of_beyond_retention
+from ctxplane.contracts.timestamps import parse_ts_us
 
 __all__ = (
     "FeatureRequest",

@@ -40,7 +40,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctxplane.contracts.features.aggregate import Agg, _max, _min
-from ctxplane.contracts.features.windows import LEVELS_SECONDS, US_PER_SECOND, WindowPlan
+from ctxplane.contracts.features.windows import (
+    LEVELS_SECONDS,
+    US_PER_SECOND,
+    WindowPlan,
+)
 
 __all__ = (
     "RawRow",

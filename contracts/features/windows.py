@@ -33,11 +33,9 @@ two minutes of raw events, whatever the key's history: reads are cheap for hot k
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ctxplane.contracts.timestamps import format_ts_us, parse_ts_us
-from datetime import date
 
 __all__ = (
     "DAY_US",

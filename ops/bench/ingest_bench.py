@@ -188,7 +188,13 @@ anyio.run(main)
 
 
 def latency_under_ingest(directory: Path, backend: str, rate: float, seconds: float, hot_events: int) -> dict[str, Any]:
-    from tests.support.workload import PINS, TRAFFIC_FRAUD, context_events, envelope, publish
+    from tests.support.workload import (
+        PINS,
+        TRAFFIC_FRAUD,
+        context_events,
+        envelope,
+        publish,
+    )
 
     work = directory / "latency"
     work.mkdir()

@@ -45,14 +45,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from ctxplane.actors.operate.demo_workload import DEMO_TOPICS, demo_pins, write_demo_bus  # noqa: E402
 from ctxplane.actors.operate.replay import ReplayManifest, _rules, replay  # noqa: E402
+from ctxplane.config.settings import LoggingSettings, Settings, load_settings  # noqa: E402
 from ctxplane.contracts.classes import Plane  # noqa: E402
 from ctxplane.contracts.intake import SourceRef  # noqa: E402
 from ctxplane.runtime.bus import FileBus  # noqa: E402
 from ctxplane.runtime.client import Client, QueryEndpointUnavailable  # noqa: E402
-from ctxplane.actors.operate.demo_workload import DEMO_TOPICS, demo_pins, write_demo_bus  # noqa: E402
 from ctxplane.runtime.logs import configure_logging  # noqa: E402
-from ctxplane.config.settings import LoggingSettings, Settings, load_settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "replay.json"
 TARGET_EVENTS_PER_S = 50_000  # quality.md P6

@@ -18,7 +18,9 @@ from ctxplane.runtime.bus.kinesis import BusUnavailable as BusUnavailable
 from ctxplane.runtime.bus.kinesis import KinesisBus as KinesisBus
 from ctxplane.runtime.bus.kinesis import ShardInfo as ShardInfo
 from ctxplane.runtime.bus.kinesis import is_drained as is_drained
-from ctxplane.runtime.bus.kinesis import kinesis_bus_from_settings as kinesis_bus_from_settings
+from ctxplane.runtime.bus.kinesis import (
+    kinesis_bus_from_settings as kinesis_bus_from_settings,
+)
 from ctxplane.runtime.bus.routing import partition_for as partition_for
 from ctxplane.runtime.bus.routing import partition_key_for as partition_key_for
 

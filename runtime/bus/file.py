@@ -61,8 +61,13 @@ from typing import Any, Final
 
 import anyio.to_thread
 import orjson
-
-from ctxplane.runtime.bus.base import START_POSITIONS, BusRecord, BusRef, EventBus, ReadResult
+from ctxplane.runtime.bus.base import (
+    START_POSITIONS,
+    BusRecord,
+    BusRef,
+    EventBus,
+    ReadResult,
+)
 from ctxplane.runtime.bus.routing import partition_for
 from ctxplane.runtime.exceptions import BusClosed, BusError, BusPositionError
 

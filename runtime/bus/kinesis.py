@@ -79,9 +79,19 @@ from urllib.parse import urlsplit
 import anyio
 import orjson
 import structlog
-
-from ctxplane.runtime.bus.base import START_POSITIONS, BusRecord, BusRef, EventBus, ReadResult
-from ctxplane.runtime.exceptions import BusClosed, BusError, BusPositionError, UsageError
+from ctxplane.runtime.bus.base import (
+    START_POSITIONS,
+    BusRecord,
+    BusRef,
+    EventBus,
+    ReadResult,
+)
+from ctxplane.runtime.exceptions import (
+    BusClosed,
+    BusError,
+    BusPositionError,
+    UsageError,
+)
 
 __all__ = (
     "KINESIS_SEQUENCE",

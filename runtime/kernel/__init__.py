@@ -12,6 +12,8 @@ from ctxplane.runtime.kernel.actor import ActorRef as ActorRef
 from ctxplane.runtime.kernel.actor import ActorSnapshot as ActorSnapshot
 from ctxplane.runtime.kernel.actor import Registry as Registry
 from ctxplane.runtime.kernel.actor import Reply as Reply
+from ctxplane.runtime.kernel.faults import InjectedFault as InjectedFault
+from ctxplane.runtime.kernel.faults import InjectFault as InjectFault
 from ctxplane.runtime.kernel.lifecycle import ActorState as ActorState
 from ctxplane.runtime.kernel.mailbox import Mailbox as Mailbox
 from ctxplane.runtime.kernel.mailbox import MailboxStatistics as MailboxStatistics
@@ -23,7 +25,9 @@ from ctxplane.runtime.kernel.supervisor import Intensity as Intensity
 from ctxplane.runtime.kernel.supervisor import Restart as Restart
 from ctxplane.runtime.kernel.supervisor import Strategy as Strategy
 from ctxplane.runtime.kernel.supervisor import Supervisor as Supervisor
-from ctxplane.runtime.kernel.supervisor import SupervisorStatistics as SupervisorStatistics
+from ctxplane.runtime.kernel.supervisor import (
+    SupervisorStatistics as SupervisorStatistics,
+)
 
 __all__ = (
     "Actor",
@@ -33,6 +37,8 @@ __all__ = (
     "ActorState",
     "Backoff",
     "ChildSpec",
+    "InjectFault",
+    "InjectedFault",
     "Intensity",
     "KernelObserver",
     "Mailbox",

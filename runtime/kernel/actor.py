@@ -23,9 +23,6 @@ from typing import TYPE_CHECKING, Final, final
 
 import anyio
 from anyio.abc import TaskStatus
-
-from ctxplane.runtime.kernel.lifecycle import ActorState, Lifecycle, LifecycleEvent
-from ctxplane.runtime.kernel.mailbox import Mailbox, MailboxStatistics, NoPublicConstructor, open_mailbox
 from ctxplane.runtime.exceptions import (
     ActorFailed,
     ActorNameTaken,
@@ -33,6 +30,14 @@ from ctxplane.runtime.exceptions import (
     AskTimeout,
     BrokenMailbox,
     ClosedMailbox,
+)
+from ctxplane.runtime.kernel.faults import InjectedFault, InjectFault
+from ctxplane.runtime.kernel.lifecycle import ActorState, Lifecycle, LifecycleEvent
+from ctxplane.runtime.kernel.mailbox import (
+    Mailbox,
+    MailboxStatistics,
+    NoPublicConstructor,
+    open_mailbox,
 )
 
 if TYPE_CHECKING:
@@ -230,6 +235,8 @@ class Actor:
             message = await mailbox.get()
             if message is _STOP:
                 break
+            if type(message) is InjectFault:
+                raise InjectedFault(f"{ctx.name}: crashed on purpose by {message.label}")
             if type(message) is _Ask:
                 reply = message.reply
                 reply._taken = True
@@ -270,13 +277,17 @@ class ActorContext(metaclass=NoPublicConstructor):
         """True if ``message`` is the stop sentinel: finish up and return from ``run``."""
         return message is _STOP
 
-    @staticmethod
-    def unwrap(message: object) -> tuple[object, Reply | None]:
+    def unwrap(self, message: object) -> tuple[object, Reply | None]:
         """Split a mailbox item into ``(payload, reply)``; ``reply`` is None for a ``tell``.
 
         Taking the reply marks the ask as being handled: if the actor crashes before answering,
         the asker gets ActorFailed rather than ActorUnavailable.
+
+        Raises:
+            InjectedFault: the item is an :class:`InjectFault` (a drill's deliberate crash).
         """
+        if type(message) is InjectFault:
+            raise InjectedFault(f"{self.name}: crashed on purpose by {message.label}")
         if type(message) is _Ask:
             message.reply._taken = True
             return message.message, message.reply

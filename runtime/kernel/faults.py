@@ -1,15 +1,13 @@
-"""Fault-injection hooks for failure drills (quality.md §Reliability, "actor faults").
+"""Fault injection, a kernel hook for failure drills: any actor crashes on :class:`InjectFault`.
 
-A drill crashes an actor by sending it :class:`InjectFault`; the actor raises :class:`InjectedFault`
-from its own task, exactly where a real bug would surface, and its supervisor restarts it per
-strategy (or escalates when the intensity is exceeded). Nothing else is faked: the crash loses the
-actor's in-memory work like any crash does, and recovery is the real recovery path (the database
-is the state).
+The kernel raises :class:`InjectedFault` from the receiving actor's own task — in the default
+receive loop and in ``ActorContext.unwrap`` that every custom loop calls — exactly where a real bug
+would surface, and the actor's supervisor restarts it per strategy (or escalates when the intensity
+is exceeded). Nothing else is faked: the crash loses the actor's in-memory work like any crash does,
+and recovery is the real recovery path (the database is the state). No actor carries code for it.
 
-Inert unless a drill turns it on: the only sender of :class:`InjectFault` is the drill controller
-(``actors/drills/controller.py``), which exists only when the config says ``drills.enabled: true``, and acts
-only on a ``drill`` request over a local socket (or one carrying the auth token). A receiving actor
-pays one type check on a message it already dispatches by type; there is no flag on any hot path.
+Inert unless something sends :class:`InjectFault`: in ctxplane only the drill controller does,
+which exists only when the config enables drills. The cost on every message is one type check.
 """
 
 from __future__ import annotations

@@ -36,11 +36,14 @@ from typing import TypeAlias, final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-
+from ctxplane.runtime.exceptions import (
+    ActorNameTaken,
+    SupervisorEscalation,
+    SupervisorStopped,
+)
 from ctxplane.runtime.kernel.actor import Actor, Registry, _Incarnation, serve_actor
 from ctxplane.runtime.kernel.lifecycle import ActorState, Lifecycle, LifecycleEvent
 from ctxplane.runtime.kernel.observer import KernelObserver
-from ctxplane.runtime.exceptions import ActorNameTaken, SupervisorEscalation, SupervisorStopped
 
 __all__ = (
     "Backoff",

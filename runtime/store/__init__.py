@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ctxplane.runtime.exceptions import UsageError
 from ctxplane.config.settings import StoreSettings
+from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.store.backend import StoreBackend
 from ctxplane.runtime.store.dialect import DIALECTS, Dialect
-from ctxplane.runtime.store.schema import MIGRATIONS, SchemaStatus
 from ctxplane.runtime.store.program import ExecMany, Execute, Fetch, Op, Program, Row
+from ctxplane.runtime.store.schema import MIGRATIONS, SchemaStatus
 
 __all__ = (
     "DIALECTS",

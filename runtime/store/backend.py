@@ -7,8 +7,12 @@ from typing import TypeVar
 
 from ctxplane.runtime.exceptions import StoreError
 from ctxplane.runtime.store.dialect import Dialect
-from ctxplane.runtime.store.schema import SchemaStatus, migrate_program, schema_status_program
 from ctxplane.runtime.store.program import Program
+from ctxplane.runtime.store.schema import (
+    SchemaStatus,
+    migrate_program,
+    schema_status_program,
+)
 
 __all__ = ("StoreBackend",)
 

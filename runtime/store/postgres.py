@@ -39,9 +39,8 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import asyncpg
 import asyncpg.exceptions as pgerr
-
-from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
 from ctxplane.config.settings import StoreSettings, redact_dsn
+from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
 from ctxplane.runtime.store.backend import StoreBackend
 from ctxplane.runtime.store.dialect import POSTGRES
 from ctxplane.runtime.store.program import ExecMany, Execute, Fetch, Op, Program

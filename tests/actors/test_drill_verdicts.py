@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
+from ctxplane.actors.drills.controller import DrillCommand, parse_drill_request
 from ctxplane.actors.drills.kit import Answer, Check, DrillReport, drill_workload
 from ctxplane.actors.drills.runs import (
     ActorFaultOptions,
@@ -17,7 +17,6 @@ from ctxplane.actors.drills.runs import (
     judge_offset_rollback,
     storm_events,
 )
-from ctxplane.actors.drills.controller import DrillCommand, parse_drill_request
 from ctxplane.config.settings import Settings
 
 

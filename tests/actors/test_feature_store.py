@@ -17,20 +17,32 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ctxplane.actors.serve.features import FeaturePlane, build_feature_plane
+from ctxplane.actors.tables.features import prune_program, retention_meta_program
+from ctxplane.config.settings import TRAFFIC_TOPICS, Settings, StoreSettings
+from ctxplane.contracts.canonical import digest
+from ctxplane.contracts.classes import Plane
+from ctxplane.contracts.features.serve import (
+    FeatureRequest,
+    build_snapshot,
+    parse_feature_request,
+)
+from ctxplane.contracts.intake import Accepted, IntakeRules
+from ctxplane.contracts.messages import ApplyBatch
+from ctxplane.runtime.store import StoreBackend, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctxplane.actors.serve.features import FeaturePlane, build_feature_plane, prune_program, retention_meta_program
-from ctxplane.contracts.canonical import digest
-from ctxplane.contracts.classes import Plane
-from ctxplane.contracts.intake import Accepted, IntakeRules
-from ctxplane.contracts.messages import ApplyBatch
-from ctxplane.contracts.features.serve import FeatureRequest, build_snapshot, parse_feature_request
-from ctxplane.config.settings import TRAFFIC_TOPICS, Settings, StoreSettings
-from ctxplane.runtime.store import StoreBackend, open_store
 from tests.support.apply import apply, batch, state_digest
 from tests.support.stores import fresh_dsn
-from tests.support.workload import BASE_TS, PINS, TRAFFIC_BASELINE, TRAFFIC_FRAUD, envelope, event_id
+from tests.support.workload import (
+    BASE_TS,
+    PINS,
+    TRAFFIC_BASELINE,
+    TRAFFIC_FRAUD,
+    envelope,
+    event_id,
+)
 
 MINUTE = 60_000_000
 HOUR = 60 * MINUTE

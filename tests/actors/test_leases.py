@@ -11,8 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
-from ctxplane.actors.ingest.fencing import FENCED, LeasedWriter, LeaseLost, refuse_fenced
+from ctxplane.actors.ingest.fencing import (
+    FENCED,
+    LeasedWriter,
+    LeaseLost,
+    refuse_fenced,
+)
 from ctxplane.actors.ingest.leases import (
     RoundResult,
     assignment_mode,
@@ -21,11 +25,11 @@ from ctxplane.actors.ingest.leases import (
     lease_rows_program,
     release_program,
 )
-from ctxplane.contracts.messages import ApplyBatch, Applied, ApplyFailed
+from ctxplane.config.settings import Settings, StoreSettings
+from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.runtime.exceptions import UsageError
-from ctxplane.config.settings import Settings
-from ctxplane.config.settings import StoreSettings
 from ctxplane.runtime.store import Fetch, StoreBackend, open_store
+
 from tests.support.apply import apply, batch
 from tests.support.workload import ARRIVAL, context_events
 

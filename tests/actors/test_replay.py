@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-
 from ctxplane.actors.ingest.apply import apply_program
+from ctxplane.actors.operate.digest import state_digest_program
 from ctxplane.actors.operate.replay import (
     ReplayManifest,
     load_manifest,
@@ -17,13 +17,13 @@ from ctxplane.actors.operate.replay import (
     replay_id,
     rewind_checkpoint,
 )
-from ctxplane.actors.operate.digest import state_digest_program
-from ctxplane.runtime.exceptions import UsageError
 from ctxplane.config.settings import Settings, load_settings
+from ctxplane.runtime.bus import FileBus, partition_key_for
+from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.store import ExecMany, Fetch, Op, Program, open_store
+
 from tests.support.apply import batch
 from tests.support.process import write_config
-from ctxplane.runtime.bus import FileBus, partition_key_for
 from tests.support.workload import ARRIVAL, PINS, append_raw, context_events
 
 # -- manifests -----------------------------------------------------------------------------------

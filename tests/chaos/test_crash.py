@@ -25,11 +25,15 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-
+from ctxplane.actors.operate.demo_workload import (
+    DEMO_TOPICS,
+    TOPIC_ARRIVAL_EVENTS,
+    write_demo_bus,
+)
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
-from ctxplane.actors.operate.demo_workload import DEMO_TOPICS, TOPIC_ARRIVAL_EVENTS, write_demo_bus
 from ctxplane.config.settings import load_settings
 from ctxplane.runtime.store import open_store
+
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.workload import append_raw, context_events
 

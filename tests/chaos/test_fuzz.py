@@ -22,11 +22,17 @@ from typing import Any
 
 import orjson
 import pytest
+from ctxplane.actors.drills.controller import parse_drill_request
+from ctxplane.actors.operate.demo_workload import (
+    DEMO_TOPICS,
+    TOPIC_ARRIVAL_EVENTS,
+    TOPIC_TRAFFIC_FRAUD,
+    demo_pins,
+    write_demo_bus,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctxplane.actors.drills.controller import parse_drill_request
-from ctxplane.actors.operate.demo_workload import DEMO_TOPICS, TOPIC_ARRIVAL_EVENTS, TOPIC_TRAFFIC_FRAUD, demo_pins, write_demo_bus
 from tests.support.drills import digests, rss_bytes, wait_until
 from tests.support.process import CtxplaneProcess, write_config
 from tests.support.stores import query_rows

@@ -25,11 +25,22 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
-
-from ctxplane.actors.operate.demo_workload import TOPIC_ARRIVAL_EVENTS, TOPIC_TRAFFIC_BASELINE, generate
+from ctxplane.actors.operate.demo_workload import (
+    TOPIC_ARRIVAL_EVENTS,
+    TOPIC_TRAFFIC_BASELINE,
+    generate,
+)
 from ctxplane.config.settings import StoreSettings
 from ctxplane.runtime.store import open_store
-from tests.support.kinesis import AWS_ENV, file_bus_digest, kinesis_config, kinesis_endpoint, publish_kinesis, stream_names
+
+from tests.support.kinesis import (
+    AWS_ENV,
+    file_bus_digest,
+    kinesis_config,
+    kinesis_endpoint,
+    publish_kinesis,
+    stream_names,
+)
 from tests.support.process import CtxplaneProcess, ctxplane
 from tests.support.stores import fresh_dsn
 

@@ -6,8 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from ctxplane.contracts.health import SIGNALS, HealthSignals, evaluate_health, load_health_policy
+from ctxplane.contracts.health import (
+    SIGNALS,
+    HealthSignals,
+    evaluate_health,
+    load_health_policy,
+)
 from ctxplane.runtime.exceptions import ConfigError
 
 POLICY = load_health_policy(env={})

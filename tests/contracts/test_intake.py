@@ -6,15 +6,29 @@ from typing import Any
 
 import orjson
 import pytest
+from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
+from ctxplane.contracts.canonical import canonical_json
+from ctxplane.contracts.classes import Plane
+from ctxplane.contracts.intake import (
+    Accepted,
+    Ignored,
+    IntakeRules,
+    Rejected,
+    SourceRef,
+    payload_hash,
+)
+from ctxplane.contracts.reasons import INTAKE_ORDER, Reason
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctxplane.contracts.canonical import canonical_json
-from ctxplane.contracts.classes import Plane
-from ctxplane.contracts.intake import Accepted, Ignored, IntakeRules, Rejected, SourceRef, payload_hash
-from ctxplane.contracts.reasons import INTAKE_ORDER, Reason
-from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
-from tests.support.workload import ANCHOR_FRAUD, ARRIVAL, OTHER_RUN, PINS, TRAFFIC_FRAUD, envelope
+from tests.support.workload import (
+    ANCHOR_FRAUD,
+    ARRIVAL,
+    OTHER_RUN,
+    PINS,
+    TRAFFIC_FRAUD,
+    envelope,
+)
 
 SRC = SourceRef(ARRIVAL[0], 0, "0", "file_line")
 JOIN = IntakeRules(Plane.JOIN, frozenset(CONTEXT_TOPICS), required_run=PINS["platform_run_id"])

@@ -15,10 +15,21 @@ from typing import Any
 
 import anyio
 import pytest
-
+from ctxplane.actors.operate.demo_workload import (
+    TOPIC_ARRIVAL_EVENTS,
+    TOPIC_TRAFFIC_BASELINE,
+    generate,
+)
 from ctxplane.runtime.bus import KinesisBus, is_drained
-from ctxplane.actors.operate.demo_workload import TOPIC_ARRIVAL_EVENTS, TOPIC_TRAFFIC_BASELINE, generate
-from tests.support.kinesis import AWS_ENV, file_bus_digest, kinesis_config, kinesis_endpoint, publish_kinesis, stream_names
+
+from tests.support.kinesis import (
+    AWS_ENV,
+    file_bus_digest,
+    kinesis_config,
+    kinesis_endpoint,
+    publish_kinesis,
+    stream_names,
+)
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.stores import fresh_dsn
 

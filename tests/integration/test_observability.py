@@ -9,9 +9,18 @@ import urllib.request
 from pathlib import Path
 
 from ctxplane.runtime.client import Client
+
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.stores import fresh_dsn
-from tests.support.workload import ANCHOR_BASELINE, ARRIVAL, PINS, append_raw, context_events, envelope, publish
+from tests.support.workload import (
+    ANCHOR_BASELINE,
+    ARRIVAL,
+    PINS,
+    append_raw,
+    context_events,
+    envelope,
+    publish,
+)
 
 
 def _free_port() -> int:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-
 from ctxplane.runtime.kernel import (
     Actor,
     ActorContext,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import anyio
 import pytest
 from anyio.abc import TaskStatus
-
-from ctxplane.runtime.kernel.lifecycle import TRANSITIONS, Lifecycle, LifecycleEvent
 from ctxplane.runtime.exceptions import (
     ActorFailed,
     ActorUnavailable,
@@ -23,6 +21,7 @@ from ctxplane.runtime.kernel import (
     Registry,
     Restart,
 )
+from ctxplane.runtime.kernel.lifecycle import TRANSITIONS, Lifecycle, LifecycleEvent
 
 from . import GUARD, Boom, Recorder, kit, make_supervisor, probe, running
 

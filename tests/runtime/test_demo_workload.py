@@ -12,8 +12,6 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-
-from ctxplane.runtime.bus import FileBus, partition_for
 from ctxplane.actors.operate.demo_workload import (
     DEMO_TOPICS,
     TOPIC_ANCHOR_BASELINE,
@@ -28,6 +26,7 @@ from ctxplane.actors.operate.demo_workload import (
     write_demo_bus,
     write_demo_bus_async,
 )
+from ctxplane.runtime.bus import FileBus, partition_for
 
 # contracts.md §1, checked here independently of contracts/.
 HEX64 = re.compile(r"^[a-f0-9]{64}$")

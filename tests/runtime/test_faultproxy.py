@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from anyio.abc import SocketStream
-
 from ctxplane.actors.drills.faultproxy import FaultProxy, Mode
 
 

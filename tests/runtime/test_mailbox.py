@@ -7,11 +7,10 @@ from collections import deque
 
 import anyio
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from ctxplane.runtime.exceptions import BrokenMailbox, ClosedMailbox, MailboxFull
 from ctxplane.runtime.kernel import Mailbox, MailboxStatistics, open_mailbox
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 GUARD = 5.0
 

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-
-from ctxplane.actors.ingest.apply import FeatureWriter, apply_program
+from ctxplane.actors.ingest.apply import apply_program
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
+from ctxplane.actors.tables.features import FeatureWriter
+from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
 from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import IntakeRules, SourceRef, Verdict
 from ctxplane.contracts.messages import ApplyBatch
-from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
 from ctxplane.runtime.store import StoreBackend
 
 JOIN_RULES = IntakeRules(Plane.JOIN, frozenset(CONTEXT_TOPICS))

@@ -6,9 +6,6 @@ import bisect
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from ctxplane.contracts.features import (
     DAY_US,
     HOUR_US,
@@ -20,6 +17,8 @@ from ctxplane.contracts.features import (
     tile_id,
     tile_span_us,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 T0 = parse_ts_us("2026-02-01T00:00:00.000000Z")  # a day boundary

@@ -16,12 +16,23 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from ctxplane.actors.app.cli_bus import add_bus_parser
+from ctxplane.runtime.bus import (
+    FILE_LINE,
+    BusRecord,
+    EventBus,
+    FileBus,
+    ReadResult,
+    partition_for,
+)
+from ctxplane.runtime.exceptions import (
+    BusClosed,
+    BusError,
+    BusPositionError,
+    UsageError,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from ctxplane.runtime.bus import FILE_LINE, BusRecord, EventBus, FileBus, ReadResult, partition_for
-from ctxplane.actors.app.cli_bus import add_bus_parser
-from ctxplane.runtime.exceptions import BusClosed, BusError, BusPositionError, UsageError
 
 TOPIC = "fp.bus.test.v1"
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")

@@ -11,10 +11,16 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-
-from ctxplane.runtime.bus import BusUnavailable, KinesisBus, ShardInfo, is_drained, kinesis_bus_from_settings
-from ctxplane.runtime.exceptions import BusError, BusPositionError, UsageError
 from ctxplane.config.settings import BusSettings
+from ctxplane.runtime.bus import (
+    BusUnavailable,
+    KinesisBus,
+    ShardInfo,
+    is_drained,
+    kinesis_bus_from_settings,
+)
+from ctxplane.runtime.exceptions import BusError, BusPositionError, UsageError
+
 from tests.support.kinesis import AWS_ENV, FakeKinesis, kinesis_endpoint
 from tests.support.process import ctxplane
 

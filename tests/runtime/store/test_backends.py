@@ -13,16 +13,32 @@ from typing import Any
 
 import anyio
 import pytest
-
 from ctxplane.actors.ingest.apply import fetch_by_keys
 from ctxplane.actors.tables.reads import checkpoints_program, join_snapshot_program
+from ctxplane.config.settings import StoreSettings
 from ctxplane.contracts.join import JoinRequest
 from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
-from ctxplane.config.settings import StoreSettings
-from ctxplane.runtime.store import MIGRATIONS, ExecMany, Execute, Fetch, Program, StoreBackend, open_store
+from ctxplane.runtime.store import (
+    MIGRATIONS,
+    ExecMany,
+    Execute,
+    Fetch,
+    Program,
+    StoreBackend,
+    open_store,
+)
+
 from tests.runtime.store import meta, put
 from tests.support.apply import apply, batch, ledger_digest, state_digest
-from tests.support.workload import ANCHOR_BASELINE, ARRIVAL, PINS, RUN, SCENARIO_RUN, context_events, envelope
+from tests.support.workload import (
+    ANCHOR_BASELINE,
+    ARRIVAL,
+    PINS,
+    RUN,
+    SCENARIO_RUN,
+    context_events,
+    envelope,
+)
 
 LATEST = MIGRATIONS[-1].version
 

@@ -13,10 +13,17 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg
 import pytest
-
-from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
 from ctxplane.config.settings import StoreSettings, load_settings
-from ctxplane.runtime.store import MIGRATIONS, Execute, Fetch, Program, StoreBackend, open_store
+from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
+from ctxplane.runtime.store import (
+    MIGRATIONS,
+    Execute,
+    Fetch,
+    Program,
+    StoreBackend,
+    open_store,
+)
+
 from tests.runtime.store import meta, put
 from tests.support.process import ctxplane, write_config
 from tests.support.stores import fresh_dsn

@@ -1,0 +1,97 @@
+"""The feature tables' writes: raw edge rows, time tiles, the retention cut-off (both backends).
+
+For every new traffic event and every feature key it carries, one raw row (exact window edges) and
+merged tile deltas (cheap windows) — commutative upserts, in the apply transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from ctxplane.contracts.features import first_kept_tile, tile_deltas
+from ctxplane.contracts.features.windows import LEVELS_SECONDS
+from ctxplane.contracts.intake import Accepted
+from ctxplane.runtime.store import ExecMany, Execute, Fetch, Program
+
+__all__ = (
+    "CUTOFF_KEY", "RETENTION_KEY", "FeatureTableWriter", "FeatureWriter", "prune_program", "retention_meta_program",
+)
+
+
+class FeatureWriter:
+    """Plug-in for the feature plane's writes (set by the feature-plane module)."""
+
+    def write(self, events: Sequence[Accepted]) -> Program[None]:  # pragma: no cover - interface
+        raise NotImplementedError
+        yield  # noqa: unreachable - makes this a generator
+
+
+# store_meta keys.
+CUTOFF_KEY = "feature_retention_cutoff_us"
+RETENTION_KEY = "feature_retention_us"
+
+_TILE_UPSERT = (
+    "INSERT INTO feature_tiles (platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id, event_count,"
+    " amount_sum, amount_count, amount_min, amount_max, last_ts_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id) DO UPDATE SET"
+    " event_count = feature_tiles.event_count + excluded.event_count,"
+    " amount_sum = feature_tiles.amount_sum + excluded.amount_sum,"
+    " amount_count = feature_tiles.amount_count + excluded.amount_count,"
+    # NULL means "no amount seen": min/max skip it (portable, no LEAST/GREATEST/min() differences).
+    " amount_min = CASE WHEN excluded.amount_min IS NULL THEN feature_tiles.amount_min"
+    "   WHEN feature_tiles.amount_min IS NULL OR excluded.amount_min < feature_tiles.amount_min"
+    "   THEN excluded.amount_min ELSE feature_tiles.amount_min END,"
+    " amount_max = CASE WHEN excluded.amount_max IS NULL THEN feature_tiles.amount_max"
+    "   WHEN feature_tiles.amount_max IS NULL OR excluded.amount_max > feature_tiles.amount_max"
+    "   THEN excluded.amount_max ELSE feature_tiles.amount_max END,"
+    " last_ts_us = CASE WHEN excluded.last_ts_us > feature_tiles.last_ts_us"
+    "   THEN excluded.last_ts_us ELSE feature_tiles.last_ts_us END"
+)
+_RAW_INSERT = (
+    "INSERT INTO feature_raw (platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id, amount_units)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id) DO NOTHING"
+)
+_META_UPSERT = (
+    "INSERT INTO store_meta (meta_key, meta_value) VALUES (?, ?)"
+    " ON CONFLICT (meta_key) DO UPDATE SET meta_value = excluded.meta_value"
+)
+
+
+class FeatureTableWriter(FeatureWriter):
+    """Raw rows for the exact window edges and merged tile deltas, per run: commutative upserts."""
+
+
+    def write(self, events: Sequence[Accepted]) -> Program[None]:
+        by_run: dict[tuple[str, str], list[tuple[str, str, int, int | None]]] = defaultdict(list)
+        raw = []
+        for v in events:
+            run = (v.platform_run_id, v.scenario_run_id)
+            for key_type, key_id in v.feature_keys:
+                by_run[run].append((key_type, key_id, v.ts_us, v.amount_units))
+                raw.append((*run, key_type, key_id, v.ts_us, v.event_id, v.amount_units))
+        if not raw:
+            return
+        yield ExecMany(_RAW_INSERT, raw)
+        tiles = []
+        for run, traffic in sorted(by_run.items()):
+            tiles.extend((*run, *row) for row in tile_deltas(traffic).tile_rows)
+        yield ExecMany(_TILE_UPSERT, tiles)
+
+
+def retention_meta_program(retention_us: int) -> Program[None]:
+    yield Execute(_META_UPSERT, (RETENTION_KEY, str(retention_us)))
+
+
+def prune_program(watermark_us: int, retention_us: int) -> Program[int]:
+    """Delete raw rows and tiles wholly older than ``watermark − retention``; record the cut-off."""
+    cutoff = watermark_us - retention_us
+    rows = yield Fetch("SELECT meta_value FROM store_meta WHERE meta_key = ?", (CUTOFF_KEY,))
+    if rows and int(rows[0][0]) >= cutoff:
+        return int(rows[0][0])
+    yield Execute("DELETE FROM feature_raw WHERE ts_us <= ?", (cutoff,))
+    for level in LEVELS_SECONDS:
+        yield Execute("DELETE FROM feature_tiles WHERE level_s = ? AND tile_id < ?", (level, first_kept_tile(cutoff, level)))
+    yield Execute(_META_UPSERT, (CUTOFF_KEY, str(cutoff)))
+    return cutoff
