@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.health import HealthPolicy

@@ -19,8 +19,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from ctxplane.runtime.exceptions import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ctxplane.contracts.exceptions import ConfigError
 
 __all__ = (
     "BusSettings",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from ctxplane.contracts.timestamps import TS_PATTERN
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from ctxplane.contracts.timestamps import TS_PATTERN
 
 __all__ = (
     "PIN_FIELDS",

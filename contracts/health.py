@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ctxplane.runtime.exceptions import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ctxplane.contracts.exceptions import ConfigError
 
 __all__ = ("HealthPolicy", "HealthSignals", "Threshold", "evaluate_health", "load_health_policy")
 

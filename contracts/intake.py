@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from ctxplane.contracts.canonical import canonical_json, sha256_hex
 from ctxplane.contracts.classes import (
     ANCHOR_EVENT_TYPES,

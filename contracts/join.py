@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.classes import Role
 from ctxplane.contracts.envelope import PIN_FIELDS, pins_error

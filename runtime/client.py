@@ -15,6 +15,7 @@ from typing import Any, Self
 import anyio
 import orjson
 from anyio.abc import ByteStream
+
 from ctxplane.runtime.exceptions import CtxplaneError
 from ctxplane.runtime.server import parse_listen
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ctxplane.contracts.exceptions import ConfigError, CtxplaneError, UsageError
+
 __all__ = (
     "ActorFailed",
     "ActorNameTaken",
@@ -22,18 +24,6 @@ __all__ = (
     "SupervisorStopped",
     "UsageError",
 )
-
-
-class CtxplaneError(Exception):
-    """Root of every error ctxplane raises on purpose."""
-
-
-class UsageError(CtxplaneError):
-    """A user mistake on the command line or in a file they named (exit code 2)."""
-
-
-class ConfigError(UsageError):
-    """The configuration is invalid; the message names the key and what is wrong."""
 
 
 class ClosedMailbox(CtxplaneError):

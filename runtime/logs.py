@@ -10,6 +10,7 @@ import logging
 import sys
 
 import structlog
+
 from ctxplane.config.settings import LoggingSettings
 
 __all__ = ("configure_logging",)

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import orjson
 from anyio.abc import ByteStream, Listener, TaskStatus
+
 from ctxplane.runtime.exceptions import UsageError
 
 __all__ = ("Handler", "LineServer", "error_response", "is_loopback", "parse_listen")

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import orjson
+
 from ctxplane.runtime.exceptions import CtxplaneError, UsageError
 
 __all__ = ("main",)

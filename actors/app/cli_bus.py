@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import anyio
 import orjson
+
 from ctxplane.runtime.bus import FileBus, partition_key_for
 from ctxplane.runtime.exceptions import BusError, CtxplaneError, UsageError
 

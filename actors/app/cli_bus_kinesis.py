@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
+
 from ctxplane.runtime.bus import BusUnavailable, KinesisBus, kinesis_bus_from_settings
 from ctxplane.runtime.exceptions import BusError, CtxplaneError, UsageError
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import orjson
+
 from ctxplane.actors.app.cli_bus import _non_negative_int
 
 __all__ = ("add_replay_parser", "cmd_checkpoint_manifest", "cmd_checkpoint_rewind", "cmd_replay")

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 import anyio
 import structlog
+
 from ctxplane.actors.app.tree import build_root
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of

@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import structlog
+
 from ctxplane.actors.drills.controller import DRILLS, DrillGate, drill_controller_spec
 from ctxplane.actors.ingest.checkpoint import CheckpointActor
 from ctxplane.actors.ingest.leases import assigner_spec, assignment_mode

@@ -47,6 +47,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import structlog
+
 from ctxplane.actors.ingest.store_writer import RunWrite, WriteResult
 from ctxplane.config.settings import QuerySettings
 from ctxplane.contracts.timestamps import now_utc

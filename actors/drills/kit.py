@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
 from ctxplane.actors.resources import open_bus, scope_of
 from ctxplane.actors.tables.reads import checkpoints_program

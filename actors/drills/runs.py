@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+
 from ctxplane.actors.drills.kit import (
     POLL_S,
     Answer,

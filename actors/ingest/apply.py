@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any, TypeAlias
 
 import orjson
+
 from ctxplane.actors.ingest.fencing import fence_program
 from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.contracts.canonical import canonical_json, sha256_hex
@@ -349,7 +350,7 @@ def _binding_conflicts(claims: Iterable[Row]) -> Iterator[tuple[list[Row], dict[
     for row in claims:
         by_flow[row[:3]].append(row)
         by_key[(row[0], row[1], row[3], row[4])].append(row)
-    for (run, scenario, flow_id), rows in by_flow.items():
+    for (_run, _scenario, flow_id), rows in by_flow.items():
         if len({(r[3], r[4]) for r in rows}) > 1:
             yield rows, {"flow_id": flow_id, "kind": "flow_bound_to_several_keys",
                          "join_frame_keys": sorted({(r[3], r[4]) for r in rows})}

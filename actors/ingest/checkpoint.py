@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+
 from ctxplane.actors.tables.reads import checkpoints_program
 from ctxplane.contracts.messages import Committed
 from ctxplane.contracts.timestamps import format_ts_us, parse_ts_us

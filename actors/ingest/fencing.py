@@ -33,6 +33,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 import structlog
+
 from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.runtime.exceptions import ActorUnavailable, CtxplaneError
 from ctxplane.runtime.store import Fetch, Program

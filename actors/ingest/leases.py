@@ -43,6 +43,7 @@ from typing import Any, Final, Literal
 import anyio
 import structlog
 from anyio.abc import TaskStatus
+
 from ctxplane.actors.ingest.fencing import LeasedWriter
 from ctxplane.actors.tables.reads import checkpoints_program
 from ctxplane.config.settings import Settings

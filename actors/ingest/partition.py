@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
+
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.tables.reads import checkpoints_program
 from ctxplane.contracts.classes import Plane

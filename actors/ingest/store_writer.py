@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 from anyio.abc import TaskStatus
+
 from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
 from ctxplane.actors.ingest.fencing import LeaseLost, refuse_fenced
 from ctxplane.actors.tables.features import FeatureWriter

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+
 from ctxplane.runtime.bus import FileBus, partition_key_for
 
 __all__ = (

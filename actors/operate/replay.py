@@ -51,6 +51,15 @@ import anyio
 import structlog
 import yaml
 from anyio.streams.memory import MemoryObjectSendStream
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
 from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
 from ctxplane.actors.resources import open_bus, open_ready_store, scope_of
 from ctxplane.actors.tables.features import FeatureWriter
@@ -65,14 +74,6 @@ from ctxplane.contracts.timestamps import now_utc, parse_ts_us
 from ctxplane.runtime.bus import FILE_LINE, EventBus
 from ctxplane.runtime.exceptions import StoreError, UsageError
 from ctxplane.runtime.store import Execute, Fetch, Program, StoreBackend
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
 
 __all__ = (
     "REPLAY_TOPIC_NOT_ALLOWED",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+
 from ctxplane.actors.serve.query import wait_budget_ms
 from ctxplane.actors.tables.features import (
     FeatureTableWriter,

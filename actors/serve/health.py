@@ -19,6 +19,7 @@ import anyio
 import orjson
 import structlog
 from anyio.abc import TaskStatus
+
 from ctxplane.actors.tables.reads import basis_program
 from ctxplane.contracts.health import HealthPolicy, HealthSignals, evaluate_health
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us

@@ -12,10 +12,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ctxplane.runtime.kernel import ActorState, Registry
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from ctxplane.runtime.kernel import ActorState, Registry
 
 __all__ = ("Metrics",)
 

@@ -21,6 +21,7 @@ import anyio.to_thread
 import structlog
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+
 from ctxplane.actors.tables.reads import basis_program, join_snapshot_program
 from ctxplane.config.settings import QuerySettings, StoreSettings
 from ctxplane.contracts.join import (

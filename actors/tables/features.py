@@ -24,7 +24,7 @@ class FeatureWriter:
 
     def write(self, events: Sequence[Accepted]) -> Program[None]:  # pragma: no cover - interface
         raise NotImplementedError
-        yield  # noqa: unreachable - makes this a generator
+        yield  # unreachable: makes this a generator
 
 
 # store_meta keys.

@@ -25,9 +25,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from ctxplane.contracts.canonical import digest
-from ctxplane.contracts.features.aggregate import AGGREGATIONS
-from ctxplane.runtime.exceptions import ConfigError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -39,6 +36,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from ctxplane.contracts.canonical import digest
+from ctxplane.contracts.exceptions import ConfigError
+from ctxplane.contracts.features.aggregate import AGGREGATIONS
 
 __all__ = (
     "DEFAULT_AGGREGATIONS",

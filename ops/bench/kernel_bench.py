@@ -26,6 +26,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from anyio.streams.memory import MemoryObjectReceiveStream
+
 from ctxplane.runtime.kernel import Actor, ChildSpec, Registry, Strategy, Supervisor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernel.json"

@@ -132,7 +132,6 @@ def _config(directory: Path, dsn: str, endpoint: str, streams: dict[str, str]) -
 
 def _applied(dsn: str) -> int:
     from ctxplane.runtime.exceptions import StoreError
-
     from tests.support.stores import query_rows
 
     try:
@@ -184,7 +183,6 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.update(AWS_ENV)
     from ctxplane.actors.operate.demo_workload import generate
-
     from tests.support.kinesis import publish_kinesis, stream_names
 
     stack: list[tuple[str, dict[str, str]]] = []

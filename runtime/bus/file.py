@@ -61,6 +61,7 @@ from typing import Any, Final
 
 import anyio.to_thread
 import orjson
+
 from ctxplane.runtime.bus.base import (
     START_POSITIONS,
     BusRecord,

@@ -79,6 +79,7 @@ from urllib.parse import urlsplit
 import anyio
 import orjson
 import structlog
+
 from ctxplane.runtime.bus.base import (
     START_POSITIONS,
     BusRecord,

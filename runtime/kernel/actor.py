@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import anyio
 from anyio.abc import TaskStatus
+
 from ctxplane.runtime.exceptions import (
     ActorFailed,
     ActorNameTaken,

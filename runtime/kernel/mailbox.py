@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar, final
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
 from ctxplane.runtime.exceptions import BrokenMailbox, ClosedMailbox, MailboxFull
 
 __all__ = ("Mailbox", "MailboxStatistics", "NoPublicConstructor", "open_mailbox")

@@ -36,6 +36,7 @@ from typing import TypeAlias, final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+
 from ctxplane.runtime.exceptions import (
     ActorNameTaken,
     SupervisorEscalation,

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import asyncpg
 import asyncpg.exceptions as pgerr
+
 from ctxplane.config.settings import StoreSettings, redact_dsn
 from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
 from ctxplane.runtime.store.backend import StoreBackend

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+
 from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
 from ctxplane.runtime.store.backend import StoreBackend
 from ctxplane.runtime.store.dialect import SQLITE

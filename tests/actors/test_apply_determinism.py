@@ -6,11 +6,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ctxplane.config.settings import StoreSettings
-from ctxplane.runtime.store import open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctxplane.config.settings import StoreSettings
+from ctxplane.runtime.store import open_store
 from tests.support.apply import apply, batch, state_digest
 from tests.support.workload import ANCHOR_BASELINE, context_events, envelope
 

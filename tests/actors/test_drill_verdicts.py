@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from ctxplane.actors.drills.controller import DrillCommand, parse_drill_request
 from ctxplane.actors.drills.kit import Answer, Check, DrillReport, drill_workload
 from ctxplane.actors.drills.runs import (
@@ -63,7 +64,7 @@ def test_storm_events_conflict_every_anchor_and_mismatch_every_arrival() -> None
     storm, anchors, mismatched = storm_events(workload)
     assert len(anchors) == len(mismatched) == 4 and len(storm) == 8
     originals = {env["event_id"]: env for _t, env in workload.items}
-    for topic, env in storm:
+    for _topic, env in storm:
         if env["event_id"] in mismatched:  # same id, different payload
             assert env["payload"] != originals[env["event_id"]]["payload"]
         else:  # a new anchor claiming an existing key for another flow

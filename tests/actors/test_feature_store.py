@@ -17,6 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from ctxplane.actors.serve.features import FeaturePlane, build_feature_plane
 from ctxplane.actors.tables.features import prune_program, retention_meta_program
 from ctxplane.config.settings import TRAFFIC_TOPICS, Settings, StoreSettings
@@ -30,9 +33,6 @@ from ctxplane.contracts.features.serve import (
 from ctxplane.contracts.intake import Accepted, IntakeRules
 from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.runtime.store import StoreBackend, open_store
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.support.apply import apply, batch, state_digest
 from tests.support.stores import fresh_dsn
 from tests.support.workload import (
@@ -316,7 +316,6 @@ async def test_store_answers_equal_brute_force_for_any_batching_with_pruning(
     # The last event closes the ~9 days, so that pruning at the watermark has old state to drop.
     events = _events([*parts, (TRAFFIC_FRAUD[0], ORIGIN + SPAN, "f-3", "m-3", (1, Decimal(1)))])
     records = events + [events[i % len(events)] for i in duplicates]  # the same event delivered again
-    seen = {(t, k) for e in events for t in ("flow_id", "merchant_id") if (k := e.key(t)) is not None}
     keys = [("flow_id", f) for f in FLOWS] + [("merchant_id", m) for m in MERCHANTS]
 
     # Store A: one random placement and batching, no pruning.
@@ -335,7 +334,6 @@ async def test_store_answers_equal_brute_force_for_any_batching_with_pruning(
         watermark = max(b.watermark_us for g in groups_b[:split] for b in g if b.watermark_us is not None)
         cutoff = await store_b.write(prune_program(watermark, plane.retention_us))
         assert cutoff == watermark - RETENTION
-        before_prune = {eid for g in groups_b[:split] for eid in _event_ids(g)}
         for group in groups_b[split:]:  # some of these are older than the cut-off: late events
             await apply(store_b, group, features=plane.writer)
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from ctxplane.actors.ingest.fencing import (
     FENCED,
     LeasedWriter,
@@ -29,7 +30,6 @@ from ctxplane.config.settings import Settings, StoreSettings
 from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.store import Fetch, StoreBackend, open_store
-
 from tests.support.apply import apply, batch
 from tests.support.workload import ARRIVAL, context_events
 

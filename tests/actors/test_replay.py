@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from ctxplane.actors.ingest.apply import apply_program
 from ctxplane.actors.operate.digest import state_digest_program
 from ctxplane.actors.operate.replay import (
@@ -21,7 +22,6 @@ from ctxplane.config.settings import Settings, load_settings
 from ctxplane.runtime.bus import FileBus, partition_key_for
 from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.store import ExecMany, Fetch, Op, Program, open_store
-
 from tests.support.apply import batch
 from tests.support.process import write_config
 from tests.support.workload import ARRIVAL, PINS, append_raw, context_events

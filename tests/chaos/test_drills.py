@@ -22,9 +22,9 @@ from typing import Any
 
 import anyio
 import pytest
+
 from ctxplane.actors.drills.faultproxy import control
 from ctxplane.actors.operate.demo_workload import DEMO_TOPICS, write_demo_bus
-
 from tests.support.drills import (
     RssSampler,
     clean_pass,

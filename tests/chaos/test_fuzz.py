@@ -22,6 +22,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from ctxplane.actors.drills.controller import parse_drill_request
 from ctxplane.actors.operate.demo_workload import (
     DEMO_TOPICS,
@@ -30,9 +33,6 @@ from ctxplane.actors.operate.demo_workload import (
     demo_pins,
     write_demo_bus,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.support.drills import digests, rss_bytes, wait_until
 from tests.support.process import CtxplaneProcess, write_config
 from tests.support.stores import query_rows
@@ -75,7 +75,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         running = Running(config, dsn, eb, proc)
         for topic in DEMO_TOPICS:
             for partition in (0, 1):
-                wait_until(lambda: running.checkpoint(topic, partition) == running.lines(topic, partition), 30,
+                wait_until(lambda t=topic, p=partition: running.checkpoint(t, p) == running.lines(t, p), 30,
                            f"{topic}:{partition} consumed")
         yield running
     assert proc.proc is not None and proc.proc.returncode == 0  # it stopped gracefully at the end

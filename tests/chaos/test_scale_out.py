@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import asyncpg
 import pytest
+
 from ctxplane.actors.operate.demo_workload import (
     TOPIC_ARRIVAL_EVENTS,
     TOPIC_TRAFFIC_BASELINE,
@@ -32,7 +33,6 @@ from ctxplane.actors.operate.demo_workload import (
 )
 from ctxplane.config.settings import StoreSettings
 from ctxplane.runtime.store import open_store
-
 from tests.support.kinesis import (
     AWS_ENV,
     file_bus_digest,
@@ -113,7 +113,7 @@ class Cluster:
             " FROM partition_leases")
         return {(r["topic"], r["partition_id"]): (r["owner"], r["epoch"], r["live"]) for r in rows}
 
-    async def until(self, what: str, condition: Callable[[], Any], timeout: float) -> float:
+    async def until(self, what: str, condition: Callable[[], Any], timeout: float) -> float:  # noqa: ASYNC109 - polls an outside process
         """Poll ``condition`` (async) until truthy; returns the seconds it took."""
         start = time.monotonic()
         while not await condition():
@@ -242,8 +242,8 @@ async def test_a_batch_read_under_a_stolen_lease_is_refused_and_nothing_is_appli
         refused = sum(1 for e in process.events() if e.get("event") == "refusing batches read under a lost lease")
         if refused >= 2:
             break
-    for wave in waves[waves.index(wave) + 1 :]:
-        await c.publish(wave)
+    for later in waves[waves.index(wave) + 1 :]:
+        await c.publish(later)
     assert refused >= 1, "no in-flight batch was ever caught by the fence"
     await c.until("every event applied", lambda: _at_least(c, _total()), 60)
     lost = [e for e in process.events() if e.get("event") == "lease lost"]

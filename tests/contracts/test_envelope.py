@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ctxplane.contracts.envelope import Envelope, envelope_error, pins_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from ctxplane.contracts.envelope import Envelope, envelope_error, pins_error
 from tests.support.workload import PINS, envelope
 
 VALID = envelope("arrival_events_5B", {"merchant_id": "m-1", "arrival_seq": 1})

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from ctxplane.contracts.health import (
     SIGNALS,
     HealthSignals,

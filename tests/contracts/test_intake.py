@@ -6,6 +6,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
 from ctxplane.contracts.canonical import canonical_json
 from ctxplane.contracts.classes import Plane
@@ -18,9 +21,6 @@ from ctxplane.contracts.intake import (
     payload_hash,
 )
 from ctxplane.contracts.reasons import INTAKE_ORDER, Reason
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.support.workload import (
     ANCHOR_FRAUD,
     ARRIVAL,

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.features import default_policy_path
 from ctxplane.contracts.timestamps import format_ts_us
 from ctxplane.runtime.client import Client
-
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.workload import (
     BASE_TS,

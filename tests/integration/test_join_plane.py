@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ctxplane.runtime.client import Client
 
+from ctxplane.runtime.client import Client
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.stores import fresh_dsn, query_rows
 from tests.support.workload import (

@@ -15,13 +15,13 @@ from typing import Any
 
 import anyio
 import pytest
+
 from ctxplane.actors.operate.demo_workload import (
     TOPIC_ARRIVAL_EVENTS,
     TOPIC_TRAFFIC_BASELINE,
     generate,
 )
 from ctxplane.runtime.bus import KinesisBus, is_drained
-
 from tests.support.kinesis import (
     AWS_ENV,
     file_bus_digest,

@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 from ctxplane.runtime.client import Client
-
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.stores import fresh_dsn
 from tests.support.workload import (

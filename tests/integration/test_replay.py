@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+
 from ctxplane.actors.operate.demo_workload import (
     TOPIC_ARRIVAL_EVENTS,
     TOPIC_TRAFFIC_FRAUD,
@@ -22,7 +23,6 @@ from ctxplane.actors.operate.demo_workload import (
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
 from ctxplane.config.settings import load_settings
 from ctxplane.runtime.store import open_store
-
 from tests.support.process import CtxplaneProcess, ctxplane, write_config
 from tests.support.workload import PINS, context_events, publish
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+
 from ctxplane.runtime.kernel import (
     Actor,
     ActorContext,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 from anyio.abc import TaskStatus
+
 from ctxplane.runtime.exceptions import (
     ActorFailed,
     ActorUnavailable,

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+
 from ctxplane.actors.operate.demo_workload import (
     DEMO_TOPICS,
     TOPIC_ANCHOR_BASELINE,

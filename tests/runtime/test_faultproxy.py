@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from anyio.abc import SocketStream
+
 from ctxplane.actors.drills.faultproxy import FaultProxy, Mode
 
 

@@ -7,10 +7,11 @@ from collections import deque
 
 import anyio
 import pytest
-from ctxplane.runtime.exceptions import BrokenMailbox, ClosedMailbox, MailboxFull
-from ctxplane.runtime.kernel import Mailbox, MailboxStatistics, open_mailbox
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from ctxplane.runtime.exceptions import BrokenMailbox, ClosedMailbox, MailboxFull
+from ctxplane.runtime.kernel import Mailbox, MailboxStatistics, open_mailbox
 
 GUARD = 5.0
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 from ctxplane.runtime.client import AsyncClient, QueryEndpointUnavailable
 from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.server import LineServer

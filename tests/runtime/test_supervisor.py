@@ -7,6 +7,9 @@ import random
 import anyio
 import pytest
 from anyio.abc import TaskStatus
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ctxplane.runtime.exceptions import (
     ActorNameTaken,
     ActorUnavailable,
@@ -25,8 +28,6 @@ from ctxplane.runtime.kernel import (
     Strategy,
     Supervisor,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 from . import GUARD, Boom, Probe, Recorder, kit, make_supervisor, probe, running
 from .test_actor import Looper

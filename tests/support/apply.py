@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+
 from ctxplane.actors.ingest.apply import apply_program
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
 from ctxplane.actors.tables.features import FeatureWriter

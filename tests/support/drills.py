@@ -114,6 +114,7 @@ def failed_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
 def digests(config: Path) -> tuple[str, str]:
     """(state digest, ledger digest): the programs ``ctxplane digest [--ledger]`` runs, in process."""
     import anyio
+
     from ctxplane.actors.operate.digest import (
         ledger_digest_program,
         state_digest_program,

@@ -39,6 +39,7 @@ async def fresh_dsn(backend: str, tmp_path: Path) -> str:
 def query_rows(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     """Run one read query against any store (for assertions in synchronous tests)."""
     import anyio
+
     from ctxplane.config.settings import StoreSettings
     from ctxplane.runtime.store import Fetch, open_store
 

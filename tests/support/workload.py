@@ -68,6 +68,7 @@ def publish(root: Path, items: list[tuple[str, dict[str, Any]]], *, partitions: 
     from collections import defaultdict
 
     import anyio
+
     from ctxplane.runtime.bus import FileBus, partition_key_for
 
     by_topic: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)

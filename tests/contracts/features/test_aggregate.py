@@ -6,6 +6,9 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ctxplane.contracts.features import (
     AGGREGATIONS,
     MAX_ABS_AMOUNT,
@@ -15,8 +18,6 @@ from ctxplane.contracts.features import (
     present,
     units_to_number,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from typing import Any, Callable
 import orjson
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from ctxplane.contracts.features import (
     DEFAULT_AGGREGATIONS,
     FeaturePolicy,
@@ -21,7 +23,6 @@ from ctxplane.contracts.features import (
     run_config_digest,
 )
 from ctxplane.runtime.exceptions import ConfigError
-from pydantic import ValidationError
 
 DEFAULT_DOC: dict[str, Any] = yaml.safe_load(default_policy_path().read_text())
 

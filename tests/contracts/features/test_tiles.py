@@ -10,6 +10,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ctxplane.contracts.features import (
     DAY_US,
     HOUR_US,
@@ -31,8 +34,6 @@ from ctxplane.contracts.features import (
     prune_before,
     tile_deltas,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 T0 = parse_ts_us("2026-02-01T00:00:00.000000Z")
 SPAN = 10 * DAY_US

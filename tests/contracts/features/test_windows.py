@@ -6,6 +6,9 @@ import bisect
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ctxplane.contracts.features import (
     DAY_US,
     HOUR_US,
@@ -17,8 +20,6 @@ from ctxplane.contracts.features import (
     tile_id,
     tile_span_us,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 T0 = parse_ts_us("2026-02-01T00:00:00.000000Z")  # a day boundary
@@ -141,7 +142,7 @@ def _assert_exact_partition(a: int, b: int, plan: WindowPlan) -> None:
     # Sorted, non-empty, contiguous pieces from a to b: disjoint and covering (a, b] exactly.
     assert pieces[0][0] == a
     assert pieces[-1][1] == b
-    for (lo, hi, _), (nlo, _, _) in zip(pieces, pieces[1:]):
+    for (_lo, hi, _), (nlo, _, _) in zip(pieces, pieces[1:], strict=False):
         assert hi == nlo
     for lo, hi, _ in pieces:
         assert lo < hi

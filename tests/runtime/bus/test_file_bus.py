@@ -16,6 +16,9 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from ctxplane.actors.app.cli_bus import add_bus_parser
 from ctxplane.runtime.bus import (
     FILE_LINE,
@@ -31,8 +34,6 @@ from ctxplane.runtime.exceptions import (
     BusPositionError,
     UsageError,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 TOPIC = "fp.bus.test.v1"
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")

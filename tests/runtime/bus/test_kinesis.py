@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+
 from ctxplane.config.settings import BusSettings
 from ctxplane.runtime.bus import (
     BusUnavailable,
@@ -20,7 +21,6 @@ from ctxplane.runtime.bus import (
     kinesis_bus_from_settings,
 )
 from ctxplane.runtime.exceptions import BusError, BusPositionError, UsageError
-
 from tests.support.kinesis import AWS_ENV, FakeKinesis, kinesis_endpoint
 from tests.support.process import ctxplane
 

@@ -9,10 +9,11 @@ import sys
 from collections import Counter
 
 import pytest
-from ctxplane.runtime.bus import partition_for, partition_key_for
-from ctxplane.runtime.exceptions import BusError
 from hypothesis import given
 from hypothesis import strategies as st
+
+from ctxplane.runtime.bus import partition_for, partition_key_for
+from ctxplane.runtime.exceptions import BusError
 
 # Pinned routes: changing the hash would move every existing key to another partition, so these
 # values must never change.

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 from ctxplane.actors.ingest.apply import fetch_by_keys
 from ctxplane.actors.tables.reads import checkpoints_program, join_snapshot_program
 from ctxplane.config.settings import StoreSettings
@@ -27,7 +28,6 @@ from ctxplane.runtime.store import (
     StoreBackend,
     open_store,
 )
-
 from tests.runtime.store import meta, put
 from tests.support.apply import apply, batch, ledger_digest, state_digest
 from tests.support.workload import (

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg
 import pytest
+
 from ctxplane.config.settings import StoreSettings, load_settings
 from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
 from ctxplane.runtime.store import (
@@ -23,7 +24,6 @@ from ctxplane.runtime.store import (
     StoreBackend,
     open_store,
 )
-
 from tests.runtime.store import meta, put
 from tests.support.process import ctxplane, write_config
 from tests.support.stores import fresh_dsn
