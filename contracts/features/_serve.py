@@ -13,6 +13,7 @@ from typing import Any
 
 from contracts._canonical import digest
 from contracts._envelope import pins_error
+from contracts._limits import is_sql_text
 from contracts._time import parse_ts_us
 from contracts.features._aggregate import Agg, present
 from contracts.features._policy import FeatureGroup, FeaturePolicy
@@ -88,10 +89,10 @@ def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> Fe
         key_type, key_id = key["key_type"], key["key_id"]
         if type(key_id) is int:
             key_id = str(key_id)
-        if not isinstance(key_type, str) or not 0 < len(key_type) <= 64:
-            return "INVALID_REQUEST", f"feature_keys[{i}].key_type must be a string of 1..64 characters"
-        if not isinstance(key_id, str) or not 0 < len(key_id) <= 256:
-            return "INVALID_REQUEST", f"feature_keys[{i}].key_id must be a string of 1..256 characters"
+        if not is_sql_text(key_type, 64):
+            return "INVALID_REQUEST", f"feature_keys[{i}].key_type must be a string of 1..64 characters (no U+0000)"
+        if not is_sql_text(key_id, 256):
+            return "INVALID_REQUEST", f"feature_keys[{i}].key_id must be a string of 1..256 characters (no U+0000)"
         if (key_type, key_id) not in keys:
             keys.append((key_type, key_id))
     raw_groups = request.get("feature_groups")
