@@ -55,6 +55,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from actors._app import open_bus, open_ready_store, scope_of
 from actors._apply import ApplyOutcome, FeatureWriter, apply_program
+from actors._isolate import write_isolating
 from actors._reads import basis_program, checkpoints_program
 from contracts._canonical import canonical_json, digest
 from contracts._classes import Plane
@@ -540,9 +541,9 @@ async def replay(settings: Settings, manifest: ReplayManifest) -> ReplayReport:
             ))
             async with receive:
                 async for group in receive:
-                    outcome = await store.write(
-                        replay_group_program(group, recorded_at=now_utc(), features=writer, held=held)
-                    )
+                    # As in the store-writer: a record the store refuses is ledgered, not fatal.
+                    outcome, _ = await write_isolating(store, lambda batches: replay_group_program(
+                        batches, recorded_at=now_utc(), features=writer, held=held), group)
                     counts.update(outcome.counts)
         seconds = time.perf_counter() - began
         bases, basis_digest = await store.write(_record_program(

@@ -24,6 +24,9 @@ class Reason(StrEnum):
     INTAKE_PAYLOAD_HASH_MISMATCH = "INTAKE_PAYLOAD_HASH_MISMATCH"
     FLOW_BINDING_CONFLICT = "FLOW_BINDING_CONFLICT"
     JOIN_FRAME_ROLE_CONFLICT = "JOIN_FRAME_ROLE_CONFLICT"
+    # The database refused the record's values (a number beyond its column, text it cannot hold):
+    # isolated from its group commit and ledgered instead (actors/_isolate.py).
+    STORE_REJECTED = "STORE_REJECTED"
     # Annotations: the event was applied, the row only records a remark about it.
     LATE_CONTEXT_EVENT = "LATE_CONTEXT_EVENT"
     LATE_TRAFFIC_EVENT = "LATE_TRAFFIC_EVENT"
