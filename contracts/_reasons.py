@@ -40,6 +40,8 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     OVERLOADED = "OVERLOADED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    # An unexpected exception while answering (a bug): that request's answer only, never retryable.
+    INTERNAL_ERROR = "INTERNAL_ERROR"
 
     @property
     def is_annotation(self) -> bool:
