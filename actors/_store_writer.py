@@ -29,8 +29,8 @@ from anyio.abc import TaskStatus
 
 from actors._apply import ApplyOutcome, FeatureWriter, apply_program
 from actors._faults import InjectedFault, InjectFault
-from actors._isolate import write_isolating
 from actors._fencing import LeaseLost, refuse_fenced
+from actors._isolate import write_isolating
 from contracts._messages import ApplyBatch, Applied, Committed
 from contracts._time import now_utc
 from runtime.exceptions import ActorUnavailable, CtxplaneError, StoreUnavailable
