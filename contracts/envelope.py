@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from ctxplane.contracts.limits import is_sql_text
 from ctxplane.contracts.timestamps import TS_PATTERN
 
 __all__ = (
@@ -45,7 +46,8 @@ Seed = Annotated[StrictInt, Field(ge=0, le=_SEED_MAX)]
 
 
 def _text(max_len: int) -> Any:
-    return Annotated[StrictStr, Field(min_length=1, max_length=max_len)]
+    # No U+0000: PostgreSQL TEXT cannot hold it (contracts/limits.py).
+    return Annotated[StrictStr, Field(min_length=1, max_length=max_len, pattern=r"^[^\x00]*$")]
 
 
 class Envelope(BaseModel):
@@ -86,8 +88,7 @@ class ContextPins(BaseModel):
     run_id: Hex32 | None = None
 
 
-def _is_text(value: object, max_len: int) -> bool:
-    return type(value) is str and 0 < len(value) <= max_len
+_is_text = is_sql_text
 
 
 def _is_seed(value: object) -> bool:

@@ -23,6 +23,7 @@ from ctxplane.contracts.classes import (
     Plane,
 )
 from ctxplane.contracts.envelope import PIN_FIELDS, envelope_error
+from ctxplane.contracts.limits import is_sql_text, sequence_number
 from ctxplane.contracts.reasons import Reason
 from ctxplane.contracts.timestamps import parse_ts_us
 
@@ -181,8 +182,10 @@ class IntakeRules:
         if envelope is None:
             kind = type(record).__name__
             return Rejected(source, Reason.ENVELOPE_MISSING, {"error": f"no envelope in a JSON {kind}", "snippet": _snippet(raw)})
-        event_id = envelope.get("event_id") if isinstance(envelope.get("event_id"), str) else None
-        event_type = envelope.get("event_type") if isinstance(envelope.get("event_type"), str) else None
+        # Only text a TEXT column holds goes into the ledger row: a NUL in an invalid event_id
+        # would make PostgreSQL refuse the ledger insert, and with it the whole group commit.
+        event_id = envelope.get("event_id") if _ledger_text(envelope.get("event_id")) else None
+        event_type = envelope.get("event_type") if _ledger_text(envelope.get("event_type")) else None
         problem = envelope_error(envelope)
         if problem is not None:
             return Rejected(source, Reason.ENVELOPE_INVALID, {"error": problem, "event_type": event_type}, event_id, event_type)
@@ -262,12 +265,17 @@ class IntakeRules:
 
     @staticmethod
     def _join(common: dict[str, Any], payload: dict[str, Any], reject: Callable[[Reason, dict[str, Any]], Rejected]) -> Verdict:
+        # PAYLOAD_INVALID before JOIN_KEY_MISSING (contracts.md §2 order): an integer arrival_seq
+        # beyond the BIGINT column is not a missing key but a value no store can hold.
+        try:
+            arrival_seq = sequence_number(payload.get("arrival_seq"))
+        except ValueError as exc:
+            return reject(Reason.PAYLOAD_INVALID, {"field": "arrival_seq", "error": f"arrival_seq: {exc}"})
         merchant_id = payload.get("merchant_id")
         if type(merchant_id) is int:
             merchant_id = str(merchant_id)
-        if not isinstance(merchant_id, str) or not 0 < len(merchant_id) <= 256:
+        if not is_sql_text(merchant_id, 256):
             return reject(Reason.JOIN_KEY_MISSING, {"missing": "merchant_id"})
-        arrival_seq = _arrival_seq(payload.get("arrival_seq"))
         if arrival_seq is None:
             return reject(Reason.JOIN_KEY_MISSING, {"missing": "arrival_seq"})
         flow_id = None
@@ -275,7 +283,7 @@ class IntakeRules:
             flow_id = payload.get("flow_id")
             if type(flow_id) is int:
                 flow_id = str(flow_id)
-            if not isinstance(flow_id, str) or not 0 < len(flow_id) <= 256:
+            if not is_sql_text(flow_id, 256):
                 return reject(Reason.FLOW_ID_MISSING, {})
         role = ROLE_BY_CLASS[common["event_class"]]
         return Accepted(**common, role=role.value, merchant_id=merchant_id, arrival_seq=arrival_seq, flow_id=flow_id)
@@ -286,16 +294,11 @@ class IntakeRules:
             value = payload.get(key_type)
             if type(value) is int:
                 value = str(value)
-            if isinstance(value, str) and 0 < len(value) <= 256:
+            if is_sql_text(value, 256):
                 keys.append((key_type, value))
         amount = self.parse_amount(payload.get("amount")) if self.parse_amount is not None else None
         return Accepted(**common, feature_keys=tuple(keys), amount_units=amount)
 
 
-def _arrival_seq(value: object) -> int | None:
-    """Integers and integers in string form; bools and negatives are not arrival sequences."""
-    if type(value) is int:
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isdigit() and value.isascii():
-        return int(value)
-    return None
+def _ledger_text(value: object) -> bool:
+    return type(value) is str and "\x00" not in value

@@ -17,6 +17,7 @@ import orjson
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.classes import Role
 from ctxplane.contracts.envelope import PIN_FIELDS, pins_error
+from ctxplane.contracts.limits import is_sql_text, sequence_number
 from ctxplane.contracts.reasons import Reason
 
 __all__ = (
@@ -109,8 +110,8 @@ def _text(request: Mapping[str, Any], name: str, max_len: int = 256) -> str | No
         return None
     if type(value) is int and name in ("flow_id", "merchant_id"):
         return str(value)
-    if not isinstance(value, str) or not 0 < len(value) <= max_len:
-        raise _Invalid(f"{name} must be a string of 1..{max_len} characters")
+    if not is_sql_text(value, max_len):
+        raise _Invalid(f"{name} must be a string of 1..{max_len} characters (no U+0000)")
     return value
 
 
@@ -157,12 +158,15 @@ def _parse_key(raw: object, pins: Mapping[str, Any]) -> tuple[str, str, str, int
     merchant = raw.get("merchant_id")
     if type(merchant) is int:
         merchant = str(merchant)
-    if not isinstance(merchant, str) or not 0 < len(merchant) <= 256:
-        raise _Invalid("join_frame_key.merchant_id is required")
-    seq = raw.get("arrival_seq")
-    if isinstance(seq, str) and seq.isdigit() and seq.isascii():
-        seq = int(seq)
-    if type(seq) is not int or seq < 0:
+    if not is_sql_text(merchant, 256):
+        raise _Invalid("join_frame_key.merchant_id is required (a string of 1..256 characters, no U+0000)")
+    # Bounded to the BIGINT column here: the store would refuse the value (an OverflowError from
+    # SQLite, a DataError from PostgreSQL), which is the request's fault, not the store's.
+    try:
+        seq = sequence_number(raw.get("arrival_seq"))
+    except ValueError as exc:
+        raise _Invalid(f"join_frame_key.arrival_seq: {exc}") from None
+    if seq is None:
         raise _Invalid("join_frame_key.arrival_seq must be a non-negative integer")
     run = raw.get("platform_run_id", pins["platform_run_id"])
     scenario = raw.get("scenario_run_id", pins["scenario_run_id"])

@@ -24,6 +24,9 @@ class Reason(StrEnum):
     INTAKE_PAYLOAD_HASH_MISMATCH = "INTAKE_PAYLOAD_HASH_MISMATCH"
     FLOW_BINDING_CONFLICT = "FLOW_BINDING_CONFLICT"
     JOIN_FRAME_ROLE_CONFLICT = "JOIN_FRAME_ROLE_CONFLICT"
+    # The database refused the record's values (a number beyond its column, text it cannot hold):
+    # isolated from its group commit and ledgered instead (actors/_isolate.py).
+    STORE_REJECTED = "STORE_REJECTED"
     # Annotations: the event was applied, the row only records a remark about it.
     LATE_CONTEXT_EVENT = "LATE_CONTEXT_EVENT"
     LATE_TRAFFIC_EVENT = "LATE_TRAFFIC_EVENT"
@@ -37,6 +40,8 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     OVERLOADED = "OVERLOADED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    # An unexpected exception while answering (a bug): that request's answer only, never retryable.
+    INTERNAL_ERROR = "INTERNAL_ERROR"
 
     @property
     def is_annotation(self) -> bool:

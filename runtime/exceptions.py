@@ -18,6 +18,7 @@ __all__ = (
     "CtxplaneError",
     "IllegalTransition",
     "MailboxFull",
+    "StoreDataError",
     "StoreError",
     "StoreUnavailable",
     "SupervisorEscalation",
@@ -73,6 +74,13 @@ class StoreError(CtxplaneError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now; retrying later may succeed."""
+
+
+class StoreDataError(StoreError):
+    """The database refused a value the program wrote or looked up: an integer beyond its 64-bit
+    column, text it cannot store, a violated constraint. Deterministic: the same program fails the
+    same way on every retry, so the store-writer isolates the record instead of retrying
+    (``actors/_isolate.py``). Raised by both backends, never for connection problems."""
 
 
 class BusError(CtxplaneError):

@@ -2,7 +2,9 @@
 
 Generic: it knows framing, limits and transport, not ops. Per connection, requests are answered in
 order (pipelining allowed). A malformed or oversized line gets an error response and the
-connection carries on; nothing a client sends can crash the server or touch other connections.
+connection carries on; nothing a client sends can crash the server or touch other connections: a
+handler that raises is answered ``INTERNAL_ERROR`` for that request only, and an unexpected error
+on one connection closes that connection only (both logged with their traceback).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import anyio
 import orjson
+import structlog
 from anyio.abc import ByteStream, Listener, TaskStatus
 
 from ctxplane.runtime.exceptions import UsageError
@@ -27,6 +30,8 @@ __all__ = ("Handler", "LineServer", "error_response", "is_loopback", "parse_list
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _READ_CHUNK = 65536
+
+log = structlog.get_logger("ctxplane.server")
 
 
 def error_response(code: str, detail: str, *, request_id: Any = None, retryable: bool = False) -> dict[str, Any]:
@@ -125,6 +130,10 @@ class LineServer:
                 await self._serve_lines(stream)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
                 pass  # the client went away: nothing to answer
+            except Exception:
+                # Not a client leaving: a bug. Raised, it would end serve() and close the socket for
+                # every client; closing this connection keeps it to the one that met it.
+                log.exception("query connection failed; closing it")
             finally:
                 self.connections -= 1
                 self._slots.release()
@@ -172,11 +181,21 @@ class LineServer:
                 return error_response("UNAUTHORIZED", "missing or wrong auth token", request_id=request_id)
         else:
             request.pop("auth", None)
-        return await self._handler(request)
+        try:
+            return await self._handler(request)
+        except Exception:
+            # The handler owns op errors; one it did not catch is a bug, answered for this request only.
+            log.exception("request handler failed", request_id=request_id if isinstance(request_id, str) else None)
+            return error_response("INTERNAL_ERROR", "internal error", request_id=request_id)
 
     @staticmethod
     async def _reply(stream: ByteStream, response: dict[str, Any]) -> None:
-        await stream.send(orjson.dumps(response, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+        try:
+            line = orjson.dumps(response, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # a value JSON cannot carry (an int beyond 64 bits): still one answer per line
+            log.exception("answer not encodable", request_id=str(response.get("request_id"))[:128])
+            line = orjson.dumps(error_response("INTERNAL_ERROR", "the answer could not be encoded"))
+        await stream.send(line + b"\n")
 
 
 def _unix_socket_alive(path: Path) -> bool:

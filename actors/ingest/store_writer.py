@@ -5,7 +5,9 @@ Commit protocol, per group commit (steps match the code):
      group commit is the main throughput lever;
   2. run the apply program over all of them in one transaction (begin, write, commit);
   3. on StoreUnavailable, keep the batches and retry with capped exponential backoff: no ack, no
-     loss, no crash loop — partition actors stall on backpressure meanwhile;
+     loss, no crash loop — partition actors stall on backpressure meanwhile; on StoreDataError (a
+     value the database refuses, which no retry fixes), find the record, ledger it as
+     STORE_REJECTED and commit the rest (``actors/_isolate.py``);
   4. after the commit returned, reply ``Applied`` to each batch's sender, in order;
   5. announce ``Committed`` to the checkpoint and query actors (wakes ``wait_ms`` waiters).
 
@@ -18,7 +20,7 @@ incarnation, as in any crash, and their partitions restart from the checkpoints.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +30,7 @@ from anyio.abc import TaskStatus
 
 from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
 from ctxplane.actors.ingest.fencing import LeaseLost, refuse_fenced
+from ctxplane.actors.ingest.isolate import write_isolating
 from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.contracts.messages import Applied, ApplyBatch, Committed
 from ctxplane.contracts.timestamps import now_utc
@@ -179,16 +182,18 @@ class StoreWriter(Actor):
             if ctx.is_stop(message):
                 return batches, True
 
+    def _apply(self, batches: Sequence[ApplyBatch]) -> Program[ApplyOutcome]:
+        return apply_program(batches, recorded_at=now_utc(), features=self._features)
+
     async def _commit(self, batches: list[ApplyBatch]) -> None:
-        # Steps 2-3: one transaction; retry while the store is unavailable, holding the batches.
+        # Steps 2-3: one transaction; retry while the store is unavailable, holding the batches;
+        # a record the store refuses is ledgered and the rest committed.
         delay = self.config.retry_initial_s
         started = anyio.current_time()
         while True:
             assert self._store is not None
             try:
-                outcome = await self._store.write(
-                    apply_program(batches, recorded_at=now_utc(), features=self._features)
-                )
+                outcome, batches = await write_isolating(self._store, self._apply, batches)
                 break
             except LeaseLost as lost:
                 # Fenced: batches read under a lost lease never commit; refuse them, re-run the rest.

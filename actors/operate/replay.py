@@ -61,6 +61,7 @@ from pydantic import (
 )
 
 from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
+from ctxplane.actors.ingest.isolate import write_isolating
 from ctxplane.actors.resources import open_bus, open_ready_store, scope_of
 from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.actors.tables.reads import basis_program, checkpoints_program
@@ -548,9 +549,9 @@ async def replay(settings: Settings, manifest: ReplayManifest) -> ReplayReport:
             ))
             async with receive:
                 async for group in receive:
-                    outcome = await store.write(
-                        replay_group_program(group, recorded_at=now_utc(), features=writer, held=held)
-                    )
+                    # As in the store-writer: a record the store refuses is ledgered, not fatal.
+                    outcome, _ = await write_isolating(store, lambda batches: replay_group_program(
+                        batches, recorded_at=now_utc(), features=writer, held=held), group)
                     counts.update(outcome.counts)
         seconds = time.perf_counter() - began
         bases, basis_digest = await store.write(_record_program(

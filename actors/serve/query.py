@@ -37,6 +37,8 @@ from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.exceptions import (
     ActorUnavailable,
     AskTimeout,
+    CtxplaneError,
+    StoreDataError,
     StoreError,
     StoreUnavailable,
 )
@@ -44,7 +46,7 @@ from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef
 from ctxplane.runtime.server import LineServer, error_response
 from ctxplane.runtime.store import StoreBackend, open_store
 
-__all__ = ("QueryActor",)
+__all__ = ("QueryActor", "QueryServerStopped")
 
 log = structlog.get_logger("ctxplane.query")
 
@@ -65,6 +67,24 @@ def query_read_timeout_s(settings: QuerySettings) -> float:
 
 
 OpHandler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
+
+
+class QueryServerStopped(CtxplaneError):
+    """Raised by the query actor when its socket server ended while the actor was running (nothing
+    a client sends should end it): the actor crashes, so the supervisor restarts the endpoint and
+    counts the restart, instead of a live process with no socket. ``__cause__`` is why it ended."""
+
+
+class _NoteStarted:
+    """A task_status that forwards ``started()`` and remembers that it was called."""
+
+    def __init__(self, outer: TaskStatus[None]) -> None:
+        self._outer = outer
+        self.called = False
+
+    def started(self, value: None = None) -> None:
+        self.called = True
+        self._outer.started()
 
 
 class QueryActor(Actor):
@@ -95,6 +115,8 @@ class QueryActor(Actor):
         self._pending: anyio.CapacityLimiter | None = None
         self._waiters: dict[tuple[Any, ...], set[anyio.Event]] = defaultdict(set)
         self._any_commit: set[anyio.Event] = set()
+        self._mailbox_scope: anyio.CancelScope | None = None
+        self._server_stopped: BaseException | None = None
         self.commits_seen = 0  # Committed announcements delivered to the query loop
         self._ops: dict[str, OpHandler] = {
             "resolve_flow_binding": self._join,
@@ -120,23 +142,55 @@ class QueryActor(Actor):
         try:
             self.store = await anyio.to_thread.run_sync(portal.call, self._open_on_query_loop)
             server = await anyio.to_thread.run_sync(portal.call, self._make_server)
-            server_future, _ = await anyio.to_thread.run_sync(portal.start_task, server.serve)
+            server_future, _ = await anyio.to_thread.run_sync(portal.start_task, self._serve, server)
             await self.started(ctx)
             task_status.started()
             log.info("query endpoint listening", listen=self._settings.listen)
-            while True:
-                message = await ctx.mailbox.get()
-                if ctx.is_stop(message):
-                    break
-                payload, reply = ctx.unwrap(message)
-                if type(payload) is Committed:
-                    portal.start_task_soon(self._wake, payload)
-                if reply is not None:
-                    reply.send({"waiters": sum(len(v) for v in self._waiters.values())})
+            with anyio.CancelScope() as self._mailbox_scope:  # cancelled by _server_ended
+                while True:
+                    message = await ctx.mailbox.get()
+                    if ctx.is_stop(message):
+                        break
+                    payload, reply = ctx.unwrap(message)
+                    if type(payload) is Committed:
+                        portal.start_task_soon(self._wake, payload)
+                    if reply is not None:
+                        reply.send({"waiters": sum(len(v) for v in self._waiters.values())})
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close_query_loop, portal_cm, portal, server_future)
+        if self._server_stopped is not None:
+            raise QueryServerStopped(
+                f"the query server on {self._settings.listen} stopped: {self._server_stopped!r}"
+            ) from self._server_stopped
         await self.stopping()
+
+    async def _serve(self, server: LineServer, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run ``server`` on the query loop; if it ever ends after listening, crash the actor.
+
+        A failure to listen (before ``started``) propagates as before: the actor's start fails.
+        Cancellation (the actor closing the query loop) is not an end to report.
+        """
+        status = _NoteStarted(task_status)
+        try:
+            await server.serve(task_status=status)  # type: ignore[arg-type]
+            ended: BaseException = RuntimeError("serve() returned")
+        except Exception as exc:
+            if not status.called:
+                raise
+            ended = exc
+        log.error("query server stopped; crashing the query actor so that it is restarted",
+                  listen=self._settings.listen, error=repr(ended), exc_info=ended)
+        try:
+            await self._in_main(self._server_ended, ended)
+        except RuntimeError:
+            pass  # the main loop is already gone: the process is ending anyway
+
+    async def _server_ended(self, ended: BaseException) -> None:
+        """On the main loop: stop reading the mailbox, so that ``run`` raises QueryServerStopped."""
+        self._server_stopped = ended
+        if self._mailbox_scope is not None:
+            self._mailbox_scope.cancel()
 
     async def _open_on_query_loop(self) -> StoreBackend:
         self._pending = anyio.CapacityLimiter(self._settings.max_pending)
@@ -231,9 +285,21 @@ class QueryActor(Actor):
             response = self._failure(op, request, Reason.DEADLINE_EXCEEDED, f"no answer within {deadline_ms} ms", retryable=True)
         except StoreUnavailable as exc:
             response = self._failure(op, request, Reason.STORE_UNAVAILABLE, str(exc), retryable=True)
+        except StoreDataError as exc:
+            # The store refused a value of this request (the parsers bound every value that reaches a
+            # column, so this is a gap in them): the request's fault, and a retry fails the same way.
+            log.warning("the store refused a value of a request", op=op, request_id=request_id, error=str(exc))
+            response = self._failure(op, request, Reason.INVALID_REQUEST, "the store refused a value of this request",
+                                     retryable=False)
         except StoreError as exc:
             log.error("store error while answering", op=op, error=str(exc))
             response = self._failure(op, request, Reason.STORE_UNAVAILABLE, "store error", retryable=True)
+        except Exception as exc:
+            # A bug reached by one request must not end the endpoint for every client: it is answered
+            # as an error for this request only, and logged with its traceback to be fixed.
+            log.exception("query handler failed", op=op, request_id=request_id)
+            response = self._failure(op, request, Reason.INTERNAL_ERROR, f"internal error ({type(exc).__name__})",
+                                     retryable=False)
         finally:
             self._pending.release()
         self._observe(op, response, started)

@@ -16,6 +16,7 @@ from ctxplane.contracts.envelope import pins_error
 from ctxplane.contracts.features.aggregate import Agg, present
 from ctxplane.contracts.features.policy import FeatureGroup, FeaturePolicy
 from ctxplane.contracts.features.tiles import as_of_beyond_retention
+from ctxplane.contracts.limits import is_sql_text
 from ctxplane.contracts.timestamps import parse_ts_us
 
 __all__ = (
@@ -88,10 +89,10 @@ def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> Fe
         key_type, key_id = key["key_type"], key["key_id"]
         if type(key_id) is int:
             key_id = str(key_id)
-        if not isinstance(key_type, str) or not 0 < len(key_type) <= 64:
-            return "INVALID_REQUEST", f"feature_keys[{i}].key_type must be a string of 1..64 characters"
-        if not isinstance(key_id, str) or not 0 < len(key_id) <= 256:
-            return "INVALID_REQUEST", f"feature_keys[{i}].key_id must be a string of 1..256 characters"
+        if not is_sql_text(key_type, 64):
+            return "INVALID_REQUEST", f"feature_keys[{i}].key_type must be a string of 1..64 characters (no U+0000)"
+        if not is_sql_text(key_id, 256):
+            return "INVALID_REQUEST", f"feature_keys[{i}].key_id must be a string of 1..256 characters (no U+0000)"
         if (key_type, key_id) not in keys:
             keys.append((key_type, key_id))
     raw_groups = request.get("feature_groups")

@@ -24,7 +24,9 @@ class StoreBackend(ABC):
 
     ``write`` runs a program in one read-write transaction (commit on return, rollback on error);
     ``read`` runs a program in one read-only snapshot, so everything it reads is mutually consistent.
-    Both raise :class:`~runtime.exceptions.StoreUnavailable` when the database cannot be reached and
+    Both raise :class:`~runtime.exceptions.StoreUnavailable` when the database cannot be reached,
+    :class:`~runtime.exceptions.StoreDataError` when it refuses a value (out of a column's range, a
+    constraint: deterministic, a retry fails the same way) and
     :class:`~runtime.exceptions.StoreError` for other storage failures.
     """
 

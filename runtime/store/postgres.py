@@ -22,7 +22,8 @@ needs more than REPEATABLE READ anyway; that is the lease design's job, not this
 
 Errors: failures that a later retry may fix (connection refused or lost, server shutting down or
 not yet accepting connections, too many connections, timeouts, serialization failures) raise
-:class:`StoreUnavailable`; everything else raises :class:`StoreError`. An exception raised by the
+:class:`StoreUnavailable`; a value the server refuses (out of range, NUL in text, a constraint)
+raises :class:`StoreDataError`; everything else raises :class:`StoreError`. An exception raised by the
 program itself propagates unchanged (after the rollback), as with SQLite. Messages never contain
 the DSN password.
 
@@ -41,7 +42,7 @@ import asyncpg
 import asyncpg.exceptions as pgerr
 
 from ctxplane.config.settings import StoreSettings, redact_dsn
-from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
+from ctxplane.runtime.exceptions import StoreDataError, StoreError, StoreUnavailable
 from ctxplane.runtime.store.backend import StoreBackend
 from ctxplane.runtime.store.dialect import POSTGRES
 from ctxplane.runtime.store.program import ExecMany, Execute, Fetch, Op, Program
@@ -85,6 +86,11 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,  # includes ConnectionError (refused, reset) and socket.gaierror
     TimeoutError,  # asyncio.TimeoutError: connect, acquire or command timeout
 )
+
+# Errors about the values of one statement, which fail the same way on every retry: class 22 (data
+# exception: an integer out of int8 range — asyncpg raises it client-side too, "invalid input for
+# query argument" — text with U+0000, a string too long) and 23 (integrity constraint violation).
+_DATA: tuple[type[BaseException], ...] = (pgerr.DataError, pgerr.IntegrityConstraintViolationError)
 
 # Errors that mean the connection itself is gone or unusable: never reuse it.
 _CONNECTION_LOST: tuple[type[BaseException], ...] = (
@@ -290,6 +296,8 @@ class PostgresStore(StoreBackend):
         # the wrong type for a parameter): only the former is about availability.
         if isinstance(exc, _TRANSIENT) or (lost and isinstance(exc, pgerr.InterfaceError)):
             return StoreUnavailable(f"postgresql store {self._redact.dsn} unavailable ({doing}): {detail}")
+        if isinstance(exc, _DATA):
+            return StoreDataError(f"postgresql store refused a value ({doing}): {detail}")
         return StoreError(f"postgresql store {self._redact.dsn} error ({doing}): {detail}")
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
+from ctxplane.runtime.exceptions import StoreDataError, StoreError, StoreUnavailable
 from ctxplane.runtime.store.backend import StoreBackend
 from ctxplane.runtime.store.dialect import SQLITE
 from ctxplane.runtime.store.program import ExecMany, Execute, Fetch, Program
@@ -35,17 +35,22 @@ def run_program_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
     try:
         op = next(program)
         while True:
-            if type(op) is Fetch:
-                result: Any = conn.execute(render(op.sql), op.params).fetchall()
-            elif type(op) is ExecMany:
-                if op.rows:
-                    conn.executemany(render(op.sql), op.rows)
-                result = None
-            elif type(op) is Execute:
-                conn.execute(render(op.sql), op.params)
-                result = None
-            else:
-                raise TypeError(f"not a store operation: {op!r}")
+            try:
+                if type(op) is Fetch:
+                    result: Any = conn.execute(render(op.sql), op.params).fetchall()
+                elif type(op) is ExecMany:
+                    if op.rows:
+                        conn.executemany(render(op.sql), op.rows)
+                    result = None
+                elif type(op) is Execute:
+                    conn.execute(render(op.sql), op.params)
+                    result = None
+                else:
+                    raise TypeError(f"not a store operation: {op!r}")
+            except OverflowError as exc:
+                # sqlite3 binds an int beyond 64 bits with OverflowError, not a sqlite3.Error; caught
+                # around the driver call only, so the program's own errors still pass unchanged.
+                raise StoreDataError(f"sqlite store refused a value: {exc}") from exc
             op = program.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
@@ -55,6 +60,8 @@ def _classify(exc: sqlite3.Error) -> StoreError:
     text = str(exc).lower()
     if isinstance(exc, sqlite3.OperationalError) and any(marker in text for marker in _UNAVAILABLE_MARKERS):
         return StoreUnavailable(f"sqlite store unavailable: {exc}")
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)):
+        return StoreDataError(f"sqlite store refused a value: {exc}")
     return StoreError(f"sqlite store error: {exc}")
 
 

@@ -17,7 +17,7 @@ VALID = envelope("arrival_events_5B", {"merchant_id": "m-1", "arrival_seq": 1})
 _values = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 2**64 + 5), st.floats(allow_nan=False),
     st.sampled_from(["", "x", "a" * 32, "f" * 64, "F" * 64, "platform_20260207T000000Z", "2026-02-07T05:00:00.000000Z",
-                     "2026-02-07T05:00:00Z", "2026-02-07T05:00:00.000000+00:00", "x" * 300]),
+                     "2026-02-07T05:00:00Z", "2026-02-07T05:00:00.000000+00:00", "x" * 300, "a\x00b"]),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.lists(st.integers(), max_size=2),
 )
 

@@ -79,6 +79,36 @@ def test_reason_codes(raw: bytes, reason: Reason) -> None:
     assert _reason(raw) is reason
 
 
+@pytest.mark.parametrize("seq", [2**63, 2**64 - 1, str(2**63), "1" * 40, "9" * 5000])
+def test_an_arrival_seq_beyond_bigint_is_payload_invalid_and_names_the_field(seq: object) -> None:
+    # 2**63 once crash-looped the store-writer (issue 15): no store column can hold it.
+    verdict = JOIN.classify(SRC, _line({**GOOD, "payload": {"merchant_id": "m", "arrival_seq": seq}}))
+    assert isinstance(verdict, Rejected) and verdict.reason is Reason.PAYLOAD_INVALID
+    assert verdict.details["field"] == "arrival_seq" and str(2**63 - 1) in verdict.details["error"]
+    # PAYLOAD_INVALID comes before JOIN_KEY_MISSING, so it wins over a missing merchant_id too.
+    assert _reason(_line({**GOOD, "payload": {"arrival_seq": seq}})) is Reason.PAYLOAD_INVALID
+
+
+@pytest.mark.parametrize("seq", [0, 2**63 - 1, str(2**63 - 1), "0" * 30 + "7"])
+def test_arrival_seq_up_to_bigint_max_is_accepted(seq: object) -> None:
+    verdict = JOIN.classify(SRC, _line({**GOOD, "payload": {"merchant_id": "m", "arrival_seq": seq}}))
+    assert isinstance(verdict, Accepted) and verdict.arrival_seq == int(seq)  # type: ignore[call-overload]
+
+
+def test_text_a_postgresql_column_cannot_hold_is_refused_at_intake() -> None:
+    nul = "m\x00x"
+    assert _reason(_line({**GOOD, "payload": {"merchant_id": nul, "arrival_seq": 1}})) is Reason.JOIN_KEY_MISSING
+    anchor = envelope(ANCHOR_FRAUD[1], {"merchant_id": "m", "arrival_seq": 1, "flow_id": nul})
+    assert _reason(_line(anchor)) is Reason.FLOW_ID_MISSING
+    verdict = JOIN.classify(SRC, _line({**GOOD, "event_id": nul}))
+    # Refused, and the NUL-bearing id is not copied into the ledger row (PostgreSQL would refuse it).
+    assert isinstance(verdict, Rejected) and verdict.reason is Reason.ENVELOPE_INVALID and verdict.event_id is None
+    features = IntakeRules(Plane.FEATURES, frozenset(TRAFFIC_TOPICS), feature_key_types=("flow_id", "device_id"))
+    traffic = features.classify(SourceRef(TRAFFIC_FRAUD[0], 0, "0", "file_line"),
+                                _line(envelope(TRAFFIC_FRAUD[1], {"flow_id": nul, "device_id": "d-1"})))
+    assert isinstance(traffic, Accepted) and traffic.feature_keys == (("device_id", "d-1"),)
+
+
 def test_topic_allow_list_and_replay_pins() -> None:
     assert _reason(_line(GOOD), source=SourceRef("fp.bus.other", 0, "0", "file_line")) is Reason.TOPIC_NOT_ALLOWED
     replay = IntakeRules(Plane.JOIN, frozenset(CONTEXT_TOPICS), replay_pins={"platform_run_id": OTHER_RUN})

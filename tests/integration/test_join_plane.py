@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,43 @@ def test_same_bus_gives_the_same_digest_on_both_backends(tmp_path: Path) -> None
         assert ctxplane("run", "--config", str(config), "--once").returncode == 0
         digests.append((_digest(config), _digest(config, "--ledger")))
     assert digests[0] == digests[1]
+
+
+def test_fetch_join_frame_with_an_arrival_seq_beyond_bigint_is_invalid_and_the_endpoint_stays_up(config: Path) -> None:
+    # Issue 15, item 1: on SQLite this request ended the server task (the socket vanished, nothing
+    # logged, no restart); on PostgreSQL it answered UNAVAILABLE, retryable.
+    publish(config.parent / "eb", context_events(1))
+    listen = f"unix:{config.parent / 'q.sock'}"
+    with CtxplaneProcess(config) as proc, Client(listen) as client:
+        assert _resolve(client, "flow-1", wait_ms=3000)["status"] == "READY"
+        for seq in (2**63, 2**64 - 1, "1" * 40):
+            answer = client.request({"op": "fetch_join_frame", "pins": PINS, "join_frame_key": {"merchant_id": "m-2", "arrival_seq": seq}})
+            assert answer["status"] == "INVALID_REQUEST" and "join_frame_key.arrival_seq" in answer["detail"], answer
+        assert client._sock is not None  # a 40-digit JSON number (a float once parsed) on the wire
+        key = b'{"merchant_id": "m-2", "arrival_seq": 1234567890123456789012345678901234567890}'
+        client._sock.sendall(b'{"op": "fetch_join_frame", "pins": ' + json.dumps(PINS).encode() + b', "join_frame_key": ' + key + b"}\n")
+        assert client.receive_line()["status"] == "INVALID_REQUEST"
+        frame = client.request({"op": "fetch_join_frame", "pins": PINS, "join_frame_key": {"merchant_id": "m-2", "arrival_seq": 1}})
+        assert frame["status"] == "READY"
+        with Client(listen) as other:
+            assert other.request({"op": "health"})["health"]["state"] in ("GREEN", "AMBER")
+        assert proc.proc is not None and proc.proc.poll() is None
+    assert proc.proc.returncode == 0
+    assert not [e for e in proc.events() if e.get("level") in ("error", "critical")]
+
+
+def test_a_context_event_with_arrival_seq_beyond_bigint_is_ledgered_and_ingest_moves_on(config: Path) -> None:
+    # Issue 15, item 2 (a poison pill): the store-writer raised on this record (OverflowError on
+    # SQLite, DataError on PostgreSQL), every restart read it again, and the process exited 1.
+    eb = config.parent / "eb"
+    poison = envelope(ARRIVAL[1], {"merchant_id": "m-1", "arrival_seq": 2**63}, eid="9" * 64)
+    digits = envelope(ARRIVAL[1], {"merchant_id": "m-1", "arrival_seq": "9" * 5000}, eid="8" * 64)
+    publish(eb, [*context_events(1), (ARRIVAL[0], poison), (ARRIVAL[0], digits), *context_events(2)], partitions=1)
+    for _ in range(2):  # the second pass re-reads nothing and ledgers nothing again
+        result = ctxplane("run", "--config", str(config), "--once")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert sorted(_sql(config, "SELECT reason_code, event_id, source_offset FROM apply_failures")) == [
+            ("PAYLOAD_INVALID", "8" * 64, "2"), ("PAYLOAD_INVALID", "9" * 64, "1")]
+    lines = (eb / ARRIVAL[0] / "partition=0.jsonl").read_bytes().count(b"\n")
+    assert _sql(config, f"SELECT next_offset FROM checkpoints WHERE topic = '{ARRIVAL[0]}'") == [(str(lines),)]
+    assert _sql(config, "SELECT count(*) FROM join_frame_roles") == [(6,)]

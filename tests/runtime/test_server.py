@@ -118,3 +118,25 @@ async def test_idle_connections_are_closed(tmp_path: Path) -> None:
             with pytest.raises(QueryEndpointUnavailable, match="closed"):
                 await client.receive()
         tg.cancel_scope.cancel()
+
+
+async def _raising(request: dict[str, Any]) -> dict[str, Any]:
+    if request.get("raise"):
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+    if request.get("unencodable"):
+        return {"status": "OK", "n": 2**70}
+    return {"status": "OK", "echo": request}
+
+
+async def test_a_handler_that_raises_is_answered_for_that_request_only(tmp_path: Path) -> None:
+    # Issue 15: an OverflowError escaping a handler ended serve() — the socket file vanished, silently.
+    listen = f"unix:{tmp_path / 's.sock'}"
+    async with anyio.create_task_group() as tg:
+        await tg.start(LineServer(listen, _raising).serve)
+        async with AsyncClient(listen) as client, AsyncClient(listen) as other:
+            answers = await client.request_many([{"raise": True, "request_id": "r"}, {"unencodable": True}, {"a": 1}])
+            assert [(a.get("code"), a.get("request_id")) for a in answers[:2]] == [("INTERNAL_ERROR", "r"), ("INTERNAL_ERROR", None)]
+            assert answers[2]["echo"] == {"a": 1}  # the same connection carries on
+            assert (await other.request({"b": 2}))["echo"] == {"b": 2}
+        assert (tmp_path / "s.sock").exists()
+        tg.cancel_scope.cancel()

@@ -18,7 +18,7 @@ from ctxplane.actors.ingest.apply import fetch_by_keys
 from ctxplane.actors.tables.reads import checkpoints_program, join_snapshot_program
 from ctxplane.config.settings import StoreSettings
 from ctxplane.contracts.join import JoinRequest
-from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
+from ctxplane.runtime.exceptions import StoreDataError, StoreError, StoreUnavailable
 from ctxplane.runtime.store import (
     MIGRATIONS,
     ExecMany,
@@ -153,6 +153,32 @@ async def test_a_failing_statement_rolls_back_the_whole_program(migrated: StoreB
     assert await migrated.read(meta()) == [("a", "1")]
     await migrated.write(put(("c", "3")))
     assert await migrated.read(meta()) == [("a", "1"), ("c", "3")]
+
+
+@pytest.mark.parametrize("case", ["int beyond 64 bits", "text with NUL", "bigint overflow in SQL", "primary key"])
+async def test_a_value_the_database_refuses_is_a_store_data_error_on_both_backends(migrated: StoreBackend, case: str) -> None:
+    # The store-writer isolates records on StoreDataError (deterministic) and retries on
+    # StoreUnavailable (transient): the two must never be confused, on either backend.
+    await migrated.write(put(("a", "1")))
+    ops = {
+        "int beyond 64 bits": Execute("INSERT INTO intake_counters (scope, topic, partition_id, name, value)"
+                                      " VALUES ('*', 't', 0, 'n', ?)", (2**63,)),
+        "text with NUL": Execute("INSERT INTO store_meta (meta_key, meta_value) VALUES (?, 'x')", ("k\x00",)),
+        "bigint overflow in SQL": Execute("INSERT INTO intake_counters (scope, topic, partition_id, name, value)"
+                                          " VALUES ('*', 't', 0, 'n', CAST(? AS BIGINT) + 1)", (2**63 - 1,)),
+        "primary key": Execute("INSERT INTO store_meta (meta_key, meta_value) VALUES ('a', 'again')"),
+    }
+
+    def program() -> Program[None]:
+        yield from put(("b", "2"))
+        yield ops[case]
+
+    if migrated.dialect.name == "sqlite" and case in ("text with NUL", "bigint overflow in SQL"):
+        await migrated.write(program())  # SQLite stores NUL and turns an overflowing sum into a REAL
+        return
+    with pytest.raises(StoreDataError):
+        await migrated.write(program())
+    assert await migrated.read(meta()) == [("a", "1")]  # rolled back as a whole
 
 
 async def test_a_read_sees_one_snapshot(store_dsn: str, migrated: StoreBackend) -> None:
