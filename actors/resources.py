@@ -6,6 +6,7 @@ everything in the supervision tree reaches them through :class:`AppContext`.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,33 @@ from ctxplane.runtime.bus import EventBus, FileBus
 from ctxplane.runtime.kernel import Registry, Supervisor
 from ctxplane.runtime.store import StoreBackend, open_store
 
-__all__ = ("AppContext", "open_bus", "open_ready_store", "scope_of")
+__all__ = ("AppContext", "open_bus", "open_ready_store", "scope_of", "tune_gc_for_ingest")
+
+# gen-0 collects after this many net container allocations (CPython default 700), gen-1 after 50
+# gen-0 runs, gen-2 after 100 gen-1 runs (defaults 10, 10). See tune_gc_for_ingest.
+INGEST_GC_THRESHOLD = (50_000, 50, 100)
+
+
+def tune_gc_for_ingest() -> None:
+    """Make the cyclic GC cheap for a long ingest; call once, after start-up, before the work.
+
+    Why: tens of thousands of in-flight records (dicts, envelopes, batches) trip gen-0 every 700
+    allocations and drag every survivor, plus every module, class and config object loaded at
+    start-up, through repeated gen-1/gen-2 scans. A profile put that at ~20-25% of wall time
+    (`run --once`, 10^5 events: 10.35 s default GC, 7.96 s GC disabled).
+
+    What: collect start-up garbage, then ``gc.freeze()`` what survives (imports, settings,
+    policies, the actor tree) so later collections never scan it, and raise the thresholds so
+    collections run ~70x less often. The GC stays enabled: reference cycles are still reclaimed,
+    so memory stays bounded for a service that runs for days.
+
+    Measured (`run --once`, 99,999 events, 2 vCPU): time in collections 2.2 s -> 0.7 s (gen-0/1/2
+    runs 3580/326/18 -> 64/2/1); ingest_bench floor/ingest ratio 4.70 -> 3.87 (medians of 4);
+    max RSS 376 -> 382 MB. 10k and 100k gen-0 thresholds measured about the same as 50k.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*INGEST_GC_THRESHOLD)
 
 
 def scope_of(settings: Settings) -> str:

@@ -12,7 +12,7 @@ import structlog
 
 from ctxplane.actors.app.tree import build_root
 from ctxplane.actors.ingest.progress import IngestProgress
-from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of
+from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.serve.metrics import Metrics
 from ctxplane.config.settings import Settings, redact_dsn
 from ctxplane.contracts.health import load_health_policy
@@ -100,6 +100,7 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
 
             app.features = build_feature_plane(settings) if settings.features.enabled else None
             root = build_root(app)
+            tune_gc_for_ingest()
             log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
                      partitions=len(partitions), once=once)
         if startup.cancelled_caught:

@@ -62,7 +62,7 @@ from pydantic import (
 
 from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
 from ctxplane.actors.ingest.isolate import write_isolating
-from ctxplane.actors.resources import open_bus, open_ready_store, scope_of
+from ctxplane.actors.resources import open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.actors.tables.reads import basis_program, checkpoints_program
 from ctxplane.config.settings import Settings
@@ -534,6 +534,7 @@ async def replay(settings: Settings, manifest: ReplayManifest) -> ReplayReport:
 
             # As the store-writer does on start: `ctxplane digest` applies retention from the store alone.
             await store.write(retention_meta_program(feature_plane.retention_us))
+        tune_gc_for_ingest()
         log.info("replay starting", replay_id=rid, partitions=len(windows), held=len(held))
         started_at = now_utc()
         began = time.perf_counter()
