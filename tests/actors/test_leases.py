@@ -98,7 +98,11 @@ async def test_three_owners_over_four_partitions_settle_at_two_one_one(store: St
 
 
 async def test_expired_leases_are_taken_over_at_once_and_released_ones_immediately(store: StoreBackend) -> None:
-    dead = Owner(store, "dead", duration_us=1)  # expires as soon as it is written
+    # Expired the moment it is written: its expiry is its own round's clock reading, and a later
+    # round never reads an earlier one. (Not 1 µs: SQLite's clock has millisecond resolution, so two
+    # rounds in one millisecond would see that lease as live. Leases run on PostgreSQL only in
+    # production, whose clock_timestamp() has microseconds.)
+    dead = Owner(store, "dead", duration_us=0)
     await dead.round()
     survivor = Owner(store, "survivor")
     taken = await survivor.round()
