@@ -11,12 +11,13 @@ Rules (interfaces.md §3):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,6 +38,7 @@ __all__ = (
     "Settings",
     "StoreSettings",
     "load_settings",
+    "is_loopback",
     "redact_dsn",
 )
 
@@ -82,6 +84,12 @@ class StoreSettings(_Section):
     def _dsn_scheme(cls, value: str) -> str:
         if not (value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://"))):
             raise ValueError("must start with sqlite:/// or postgresql://")
+        if value.startswith("postgres") and not _well_formed_postgres_dsn(value):
+            # Never echo the value: a malformed DSN is where an unencoded password ends up.
+            raise ValueError(
+                "is not a well-formed postgresql://user:password@host:port/db URL"
+                " (percent-encode @ # / ? in the password)"
+            )
         return value
 
     @property
@@ -92,6 +100,15 @@ class StoreSettings(_Section):
     def sqlite_path(self) -> Path:
         """The database file of a ``sqlite:///`` DSN (``sqlite:////abs`` is absolute)."""
         return Path(self.dsn[len("sqlite:///") :])
+
+
+def _well_formed_postgres_dsn(dsn: str) -> bool:
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+    except ValueError:
+        return False
+    return not parts.fragment and parts.netloc.count("@") <= 1 and bool(parts.hostname or parts.query)
 
 
 class BusSettings(_Section):
@@ -216,14 +233,32 @@ class Settings(_Section):
         return planes
 
 
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|[?&;\s])password=)[^&;\s]*")
+
+
 def redact_dsn(dsn: str) -> str:
-    """Return ``dsn`` with any password replaced by ``***`` (safe for logs and messages)."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    """Return ``dsn`` with every password replaced by ``***`` (safe for logs and messages).
+
+    Holds for any string, parseable or not: everything between ``://`` and the *last* ``@`` after
+    the user name is the password (an unencoded ``@``, ``#``, ``/`` or ``?`` in it cannot shift the
+    cut), and a ``password=`` query parameter is masked too. When in doubt, more is masked.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        rest = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
+    return _PASSWORD_PARAM.sub(r"\1***", f"{scheme}{sep}{rest}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (a bind only this machine can reach)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
@@ -267,7 +302,18 @@ def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | 
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_first_error(exc, path)) from None
+    _check_exposure(settings, path)
     return _resolve_paths(settings, base, Path(path) if path is not None else None)
+
+
+def _check_exposure(settings: Settings, path: str | os.PathLike[str] | None) -> None:
+    """Refuse, before anything starts, a query socket others can reach without a token."""
+    listen = settings.query.listen
+    if listen.startswith("tcp://") and not settings.query.auth_token:
+        host = listen[len("tcp://") :].rpartition(":")[0]
+        if not is_loopback(host):
+            where = f"{path}: " if path is not None else ""
+            raise ConfigError(f"{where}query.auth_token: required when query.listen binds a non-loopback address ({host})")
 
 
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:

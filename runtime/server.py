@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import hmac
-import ipaddress
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ import orjson
 import structlog
 from anyio.abc import ByteStream, Listener, TaskStatus
 
+from ctxplane.config.settings import is_loopback
 from ctxplane.runtime.exceptions import UsageError
 
 __all__ = ("Handler", "LineServer", "error_response", "is_loopback", "parse_listen")
@@ -44,15 +44,6 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
         return "unix", listen[len("unix:") :], 0
     host, _, port = listen[len("tcp://") :].rpartition(":")
     return "tcp", host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class LineServer:
