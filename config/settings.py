@@ -149,6 +149,8 @@ class QuerySettings(_Section):
     # Requests queued beyond this are answered OVERLOADED at once instead of waiting.
     max_pending: int = Field(default=1024, ge=1)
     default_deadline_ms: int = Field(default=1000, ge=1)
+    # Larger deadline_ms / wait_ms are INVALID_REQUEST: no request holds a connection slot for longer.
+    max_deadline_ms: int = Field(default=5000, ge=1)
 
     @field_validator("listen")
     @classmethod

@@ -259,3 +259,17 @@ def test_a_context_event_with_arrival_seq_beyond_bigint_is_ledgered_and_ingest_m
     lines = (eb / ARRIVAL[0] / "partition=0.jsonl").read_bytes().count(b"\n")
     assert _sql(config, f"SELECT next_offset FROM checkpoints WHERE topic = '{ARRIVAL[0]}'") == [(str(lines),)]
     assert _sql(config, "SELECT count(*) FROM join_frame_roles") == [(6,)]
+
+
+def test_deadline_and_wait_above_the_configured_cap_are_invalid_requests(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 's.sqlite'}", query={"max_deadline_ms": 5000})
+    listen = f"unix:{tmp_path / 'q.sock'}"
+    with CtxplaneProcess(config), Client(listen) as client:
+        for extra in ({"wait_ms": 1_000_000_000, "deadline_ms": 1_000_000_000_000}, {"deadline_ms": 5001},
+                      {"wait_ms": 5001}):
+            answer = client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-1", **extra})
+            assert answer["status"] == "INVALID_REQUEST", answer
+            assert "query.max_deadline_ms" in json.dumps(answer)
+        at_cap = client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-1", "deadline_ms": 5000})
+        assert at_cap["status"] == "MISSING_BINDING"
+        assert client.request({"op": "health"})["status"] == "OK"  # the endpoint still answers

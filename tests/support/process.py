@@ -19,7 +19,8 @@ def write_config(directory: Path, dsn: str, **sections: dict[str, Any]) -> Path:
     config: dict[str, Any] = {
         "store": {"dsn": dsn},
         "bus": {"root": str(directory / "eb")},
-        "query": {"listen": f"unix:{directory / 'q.sock'}"},
+        # Generous waits: tests wait for commits on a loaded CI machine (the default cap is 5 s).
+        "query": {"listen": f"unix:{directory / 'q.sock'}", "max_deadline_ms": 60_000},
         "metrics": {"listen": None},
         "logging": {"format": "json", "level": "info"},
         "ingest": {"poll_interval_ms": 10},
