@@ -272,11 +272,12 @@ class QueryActor(Actor):
         deadline_ms = request.get("deadline_ms", self._settings.default_deadline_ms)
         if type(deadline_ms) is not int or deadline_ms <= 0:
             return self._failure(op, request, Reason.INVALID_REQUEST, "deadline_ms must be a positive integer", retryable=False)
-        # A bounded wait bounds how long one request can hold a slot (query.max_deadline_ms).
+        # A bounded wait bounds how long one request can hold a slot (query.max_deadline_ms). The
+        # operator's `drill` op is exempt: a rewind drill legitimately takes longer, and it is gated.
         cap = self._settings.max_deadline_ms
         wait_ms = request.get("wait_ms", 0)
         for field, value in (("deadline_ms", deadline_ms), ("wait_ms", wait_ms)):
-            if type(value) is int and value > cap:
+            if type(value) is int and value > cap and op != "drill":
                 return self._failure(op, request, Reason.INVALID_REQUEST,
                                      f"{field}: {value} is above the limit {cap} (query.max_deadline_ms)", retryable=False)
         assert self._pending is not None
