@@ -9,7 +9,6 @@ the writer).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,10 +67,6 @@ def _classify(exc: sqlite3.Error) -> StoreError:
 
 def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: bool) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-    if not readonly:
-        # The store holds every run's events: owner-only. SQLite gives the -wal and -shm files the
-        # database file's mode, so creating it 0600 (an existing file keeps its mode) covers all three.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     conn = sqlite3.connect(
         uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
     )
