@@ -108,7 +108,8 @@ def _well_formed_postgres_dsn(dsn: str) -> bool:
         parts.port  # noqa: B018 - raises ValueError on a non-numeric port
     except ValueError:
         return False
-    return not parts.fragment and parts.netloc.count("@") <= 1 and bool(parts.hostname or parts.query)
+    # No host is fine (libpq defaults: PGHOST, the local socket); an unencoded # or a second @ is not.
+    return not parts.fragment and parts.netloc.count("@") <= 1
 
 
 class BusSettings(_Section):

@@ -121,9 +121,10 @@ class LineServer:
                 await self._serve_lines(stream)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
                 pass  # the client went away: nothing to answer
-            except Exception:
-                # Not a client leaving: a bug. Raised, it would end serve() and close the socket for
-                # every client; closing this connection keeps it to the one that met it.
+            except Exception:  # noqa: BLE001 - a bug in this connection's framing, logged with its traceback
+                # Not a client leaving (handled above) and not a handler error (answered per request):
+                # raised, it would end serve() and close the socket for every client; closing this one
+                # connection keeps it to the client that met it. Cancellation is not caught.
                 log.exception("query connection failed; closing it")
             finally:
                 self.connections -= 1
@@ -174,8 +175,9 @@ class LineServer:
             request.pop("auth", None)
         try:
             return await self._handler(request)
-        except Exception:
-            # The handler owns op errors; one it did not catch is a bug, answered for this request only.
+        except Exception:  # noqa: BLE001 - a handler bug, logged with its traceback and answered
+            # The handler owns op errors (the query actor answers its own, shaped per op); this is the
+            # last resort for one it did not catch: answered for this request only, never the socket's end.
             log.exception("request handler failed", request_id=request_id if isinstance(request_id, str) else None)
             return error_response("INTERNAL_ERROR", "internal error", request_id=request_id)
 

@@ -175,9 +175,9 @@ class QueryActor(Actor):
         try:
             await server.serve(task_status=status)  # type: ignore[arg-type]
             ended: BaseException = RuntimeError("serve() returned")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any end after listening crashes the actor (below)
             if not status.called:
-                raise
+                raise  # failed to listen: the actor's start fails
             ended = exc
         log.error("query server stopped; crashing the query actor so that it is restarted",
                   listen=self._settings.listen, error=repr(ended), exc_info=ended)
@@ -302,7 +302,7 @@ class QueryActor(Actor):
         except StoreError as exc:
             log.error("store error while answering", op=op, error=str(exc))
             response = self._failure(op, request, Reason.STORE_UNAVAILABLE, "store error", retryable=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug in an op, logged with its traceback and answered
             # A bug reached by one request must not end the endpoint for every client: it is answered
             # as an error for this request only, and logged with its traceback to be fixed.
             log.exception("query handler failed", op=op, request_id=request_id)
