@@ -143,6 +143,8 @@ class FeaturesSettings(_Section):
 
 class QuerySettings(_Section):
     listen: str = "unix:runs/ctxplane.sock"
+    # Worker processes serving the socket, each its own interpreter (actors/serve/worker.py).
+    workers: int = Field(default=1, ge=1, le=64)
     auth_token: str | None = None
     max_connections: int = Field(default=256, ge=1)
     max_request_bytes: int = Field(default=65536, ge=1024)

@@ -3,7 +3,7 @@
     root (rest_for_one)
     ├── store-writer        owns the write connection; group commits; acks; announces Committed
     ├── checkpoint          committed offsets, watermarks, lag per partition
-    ├── query               socket endpoint; wait_ms waiters woken by Committed
+    ├── query               owns the socket; supervises the query worker processes, relays Committed to them
     ├── partitions (one_for_one)
     │   ├── discovery       starts partition actors for partitions that appear later
     │   └── partition:<topic>:<n> × N
@@ -178,7 +178,7 @@ def build_root(app: AppContext) -> Supervisor:
         actor = QueryActor(
             s.query, store_settings=s.store, scope=app.scope, required_roles=tuple(s.join_plane.required_roles),
             checkpoint=registry.ref(CHECKPOINT), health=registry.ref(HEALTH), features=app.features,
-            observer=app.observer, counts=app.query_counts,
+            observer=app.observer, counts=app.query_counts, logging=s.logging,
         )
         actor.add_op("drill", drill_gate.handle)
         return actor

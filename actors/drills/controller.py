@@ -43,9 +43,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
-import anyio.to_thread
 import structlog
 
 from ctxplane.actors.ingest.store_writer import RunWrite, WriteResult
@@ -143,14 +140,14 @@ def process_rss_bytes() -> int | None:
 class DrillGate:
     """The ``drill`` op of the query endpoint: the gates, then an ask to the controller.
 
-    Runs on the query loop; the controller lives on the main loop, whose token the controller
-    records when it starts (``main_token``; None while no controller runs).
+    Runs in the supervisor's process (query workers forward the op to the query actor), on the
+    loop of the actors; ``controller_running`` is set by the controller while it runs.
     """
 
     enabled: bool
     local_or_authenticated: bool
     controller: ActorRef
-    main_token: Any = field(default=None)
+    controller_running: bool = field(default=False)
 
     @classmethod
     def for_settings(cls, enabled: bool, query: QuerySettings, controller: ActorRef) -> DrillGate:
@@ -176,14 +173,12 @@ class DrillGate:
         command = parse_drill_request(request)
         if isinstance(command, str):
             return error_response("INVALID_REQUEST", command, request_id=request_id)
-        token = self.main_token
-        if token is None:
+        if not self.controller_running:
             return error_response("UNAVAILABLE", "the drill controller is not running (restarting?)",
                                   request_id=request_id, retryable=True)
-        ask = partial(self.controller.ask, timeout=max(_MIN_ASK_TIMEOUT_S, deadline_s * 0.9))
         try:
-            answer = await anyio.to_thread.run_sync(lambda: anyio.from_thread.run(ask, command, token=token))
-        except (AskTimeout, ActorUnavailable, ActorFailed, anyio.RunFinishedError) as exc:
+            answer = await self.controller.ask(command, timeout=max(_MIN_ASK_TIMEOUT_S, deadline_s * 0.9))
+        except (AskTimeout, ActorUnavailable, ActorFailed) as exc:
             return error_response("UNAVAILABLE", f"drill controller: {exc}", request_id=request_id, retryable=True)
         return {"status": "OK", "request_id": request_id, "drill": answer}
 
@@ -205,11 +200,11 @@ class DrillController(Actor):
         self._partition_spec = partition_spec
 
     async def started(self, ctx: ActorContext) -> None:
-        self._gate.main_token = anyio.lowlevel.current_token()
+        self._gate.controller_running = True
         log.warning("drill controller running: failure drills are enabled in this process")
 
     async def stopping(self) -> None:
-        self._gate.main_token = None
+        self._gate.controller_running = False
 
     async def receive(self, message: object) -> object:
         if type(message) is not DrillCommand:

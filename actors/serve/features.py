@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from ctxplane.actors.serve.query import wait_budget_ms
+from ctxplane.actors.serve.engine import wait_budget_ms
 from ctxplane.actors.tables.features import (
     FeatureTableWriter,
     prune_program,

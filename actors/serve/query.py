@@ -1,90 +1,103 @@
-"""The query actor: the socket endpoint DF/DL ask, answering from one store snapshot per request.
+"""The query actor: owns the listening socket and supervises the query worker processes serving it.
 
-Its mailbox carries ``Committed`` announcements from the store-writer; they wake ``wait_ms`` waiters
-(a request whose answer is not READY yet waits for a commit touching its flow or frame, not for a
-poll of the store). Requests arrive over the socket (:class:`runtime.server.LineServer`); each is
-bounded by its deadline, and requests beyond ``query.max_pending`` are answered OVERLOADED at once.
+Decision-time queries must never wait for ingest. In the supervisor's interpreter they would share
+one GIL with the partition actors and the store-writer; each worker (``query.workers``, a process
+of its own: :mod:`ctxplane.actors.serve.worker`) accepts on the shared socket and answers from its
+own store connections. The actor:
+
+- binds the socket (Unix 0600 or TCP) once, so restarts of a worker never drop it;
+- starts each worker and restarts one that dies, with backoff, counted in the restart metrics
+  (``supervisor="query"``, ``child="query-worker-N"``); too many restarts in a period crash the
+  actor, so its own supervisor takes over;
+- relays every ``Committed`` announcement of the store-writer to every worker, which wakes its
+  ``wait_ms`` waiters (coalesced into one wake-everyone message if a worker falls behind);
+- answers the ops workers forward: ``health``, the lag of a miss, and ops added with
+  :meth:`QueryActor.add_op` (``drill``);
+- records every answer's latency and health counters shipped by the workers (``/metrics``);
+- on stop, lets each worker finish the answers in progress, then removes the socket file.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import os
+import random
+import socket
+import subprocess
+import sys
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from contextlib import suppress
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
-import anyio.to_thread
+import orjson
 import structlog
-from anyio.abc import TaskStatus
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.abc import Process, TaskStatus
 
-from ctxplane.actors.tables.reads import basis_program, join_snapshot_program
-from ctxplane.config.settings import QuerySettings, StoreSettings
-from ctxplane.contracts.join import (
-    JOIN_OPS,
-    JoinRequest,
-    answer_join,
-    invalid_join_answer,
-    parse_join_request,
-)
+from ctxplane.actors.serve.engine import OpHandler
+from ctxplane.actors.serve.worker import WorkerSpec
+from ctxplane.config.settings import LoggingSettings, QuerySettings, StoreSettings
 from ctxplane.contracts.messages import Committed
-from ctxplane.contracts.reasons import Reason
-from ctxplane.contracts.timestamps import now_utc
+from ctxplane.runtime.channel import Channel, channel_pair
 from ctxplane.runtime.exceptions import (
     ActorUnavailable,
     AskTimeout,
     CtxplaneError,
     StoreDataError,
-    StoreError,
     StoreUnavailable,
+    UsageError,
 )
-from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef
-from ctxplane.runtime.server import LineServer, error_response
-from ctxplane.runtime.store import StoreBackend, open_store
+from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Backoff, Intensity
+from ctxplane.runtime.server import bind_listener, parse_listen
 
-__all__ = ("QueryActor", "QueryServerStopped")
+__all__ = ("QueryActor", "QueryWorkersFailing")
 
 log = structlog.get_logger("ctxplane.query")
 
-def wait_budget_ms(deadline_s: float) -> int:
-    """How long a request may wait for commits: its deadline minus headroom to build the answer."""
-    return max(0, int(deadline_s * 1000 * 0.9) - 5)
+WORKER_START_TIMEOUT_S = 60.0
+# Commit announcements queued for one worker beyond this are folded into one wake-everyone message.
+MAX_QUEUED_ANNOUNCEMENTS = 256
+WORKER_RESTART_INTENSITY = Intensity(max_restarts=10, period=30.0)
+WORKER_BACKOFF = Backoff(initial=0.1, maximum=5.0)
+_WAKE_EVERYONE = orjson.dumps({"t": "commit", "flows": [], "frames": [], "positions": True, "all": True})
 
 
-def query_read_timeout_s(settings: QuerySettings) -> float:
-    """The bound on one store read of a query (PostgreSQL): half the default deadline, at most 0.5 s.
-
-    A read on a healthy store takes milliseconds; one that has not answered by then is waiting on
-    a server that is down or unreachable. Failing it there answers ``UNAVAILABLE /
-    STORE_UNAVAILABLE`` (retryable) within the deadline instead of ``DEADLINE_EXCEEDED`` at it,
-    and frees the pooled connection for the next request.
-    """
-    return min(0.5, settings.default_deadline_ms / 2000)
+class QueryWorkersFailing(CtxplaneError):
+    """Query workers died more often than the restart intensity allows: the query actor crashes,
+    so that its supervisor restarts it (with the socket) and escalates if that does not help."""
 
 
-OpHandler = Callable[[dict[str, Any], float], Awaitable[dict[str, Any]]]
+class QueryWorkerFailed(CtxplaneError):
+    """A query worker process exited (or could not start) while the actor was running."""
 
 
-class QueryServerStopped(CtxplaneError):
-    """Raised by the query actor when its socket server ended while the actor was running (nothing
-    a client sends should end it): the actor crashes, so the supervisor restarts the endpoint and
-    counts the restart, instead of a live process with no socket. ``__cause__`` is why it ended."""
+class _Worker:
+    """The parent's side of one running worker process."""
 
+    def __init__(self, index: int, process: Process, channel: Channel) -> None:
+        self.index = index
+        self.process = process
+        self.channel = channel
+        self.pid = process.pid
+        self._outbox: deque[bytes] = deque()
+        self._queued = anyio.Event()
 
-class _NoteStarted:
-    """A task_status that forwards ``started()`` and remembers that it was called."""
+    def announce(self, encoded: bytes) -> None:
+        """Queue a commit announcement; a worker that falls behind gets one wake-everyone instead."""
+        if len(self._outbox) >= MAX_QUEUED_ANNOUNCEMENTS:
+            self._outbox.clear()
+            self._outbox.append(_WAKE_EVERYONE)
+        self._outbox.append(encoded)
+        self._queued.set()
 
-    def __init__(self, outer: TaskStatus[None]) -> None:
-        self._outer = outer
-        self.called = False
-
-    def started(self, value: None = None) -> None:
-        self.called = True
-        self._outer.started()
+    async def send_announcements(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued = anyio.Event()
+            while self._outbox:
+                await self.channel.send_encoded(self._outbox.popleft())
 
 
 class QueryActor(Actor):
@@ -100,10 +113,12 @@ class QueryActor(Actor):
         features: Any = None,
         observer: Any = None,
         counts: Counter[str] | None = None,
+        logging: LoggingSettings | None = None,
+        restart_intensity: Intensity = WORKER_RESTART_INTENSITY,
+        backoff: Backoff = WORKER_BACKOFF,
     ) -> None:
         self._settings = settings
         self._store_settings = store_settings
-        self.store: StoreBackend | Any = None  # opened on the query loop
         self._scope = scope
         self._required_roles = required_roles
         self._checkpoint = checkpoint
@@ -111,279 +126,257 @@ class QueryActor(Actor):
         self._features = features
         self._observer = observer
         self._counts: Counter[str] = counts if counts is not None else Counter()
-        self._main_token: Any = None
-        self._pending: anyio.CapacityLimiter | None = None
-        self._waiters: dict[tuple[Any, ...], set[anyio.Event]] = defaultdict(set)
-        self._any_commit: set[anyio.Event] = set()
-        self._mailbox_scope: anyio.CancelScope | None = None
-        self._server_stopped: BaseException | None = None
-        self.commits_seen = 0  # Committed announcements delivered to the query loop
-        self._ops: dict[str, OpHandler] = {
-            "resolve_flow_binding": self._join,
-            "fetch_join_frame": self._join,
-            "basis": self._basis,
-            "health": self._health_op,
-        }
-        if features is not None:
-            self._ops["get_features"] = self._get_features
-
-    async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve the socket on a dedicated event-loop thread, forward commit notifications to it.
-
-        Decision-time queries must not queue behind ingest work: on the main loop they would wait
-        for every partition actor's classification chunk and the store-writer's thread. On their
-        own loop (own read connections, own waiters) they only share the interpreter, whose switch
-        interval the process keeps short.
-        """
-        self._main_token = anyio.lowlevel.current_token()
-        portal_cm = start_blocking_portal(name="ctxplane-query")
-        portal = await anyio.to_thread.run_sync(portal_cm.__enter__)
-        server_future = None
-        try:
-            self.store = await anyio.to_thread.run_sync(portal.call, self._open_on_query_loop)
-            server = await anyio.to_thread.run_sync(portal.call, self._make_server)
-            server_future, _ = await anyio.to_thread.run_sync(portal.start_task, self._serve, server)
-            await self.started(ctx)
-            task_status.started()
-            log.info("query endpoint listening", listen=self._settings.listen)
-            with anyio.CancelScope() as self._mailbox_scope:  # cancelled by _server_ended
-                while True:
-                    message = await ctx.mailbox.get()
-                    if ctx.is_stop(message):
-                        break
-                    payload, reply = ctx.unwrap(message)
-                    if type(payload) is Committed:
-                        portal.start_task_soon(self._wake, payload)
-                    if reply is not None:
-                        reply.send({"waiters": sum(len(v) for v in self._waiters.values())})
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._close_query_loop, portal_cm, portal, server_future)
-        if self._server_stopped is not None:
-            raise QueryServerStopped(
-                f"the query server on {self._settings.listen} stopped: {self._server_stopped!r}"
-            ) from self._server_stopped
-        await self.stopping()
-
-    async def _serve(self, server: LineServer, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run ``server`` on the query loop; if it ever ends after listening, crash the actor.
-
-        A failure to listen (before ``started``) propagates as before: the actor's start fails.
-        Cancellation (the actor closing the query loop) is not an end to report.
-        """
-        status = _NoteStarted(task_status)
-        try:
-            await server.serve(task_status=status)  # type: ignore[arg-type]
-            ended: BaseException = RuntimeError("serve() returned")
-        except Exception as exc:  # noqa: BLE001 - any end after listening crashes the actor (below)
-            if not status.called:
-                raise  # failed to listen: the actor's start fails
-            ended = exc
-        log.error("query server stopped; crashing the query actor so that it is restarted",
-                  listen=self._settings.listen, error=repr(ended), exc_info=ended)
-        try:
-            await self._in_main(self._server_ended, ended)
-        except RuntimeError:
-            pass  # the main loop is already gone: the process is ending anyway
-
-    async def _server_ended(self, ended: BaseException) -> None:
-        """On the main loop: stop reading the mailbox, so that ``run`` raises QueryServerStopped."""
-        self._server_stopped = ended
-        if self._mailbox_scope is not None:
-            self._mailbox_scope.cancel()
-
-    async def _open_on_query_loop(self) -> StoreBackend:
-        self._pending = anyio.CapacityLimiter(self._settings.max_pending)
-        return await open_store(self._store_settings, inline_reads=True, read_timeout_s=query_read_timeout_s(self._settings))
+        self._logging = logging or LoggingSettings()
+        self._intensity = restart_intensity
+        self._backoff = backoff
+        self._rng = random.Random()
+        self._ops: dict[str, OpHandler] = {}  # answered here, for the workers that forward them
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+        self._restarts: deque[float] = deque()
+        self.commits_seen = 0
 
     def add_op(self, op: str, handler: OpHandler) -> None:
-        """Serve ``op`` with ``handler(request, deadline_s)`` (called on the query loop, under the
-        request's deadline and the pending limit, like the built-in ops). Call before ``run``."""
+        """Serve ``op`` with ``handler(request, deadline_s)``, called in this process (on the event
+        loop of the actors) for the worker that received it, under that request's deadline and
+        pending limit like the built-in ops. Call before ``run``."""
         self._ops[op] = handler
 
-    def _make_server(self) -> LineServer:
-        s = self._settings
-        return LineServer(s.listen, self.handle, max_line=s.max_request_bytes, max_connections=s.max_connections,
-                          idle_timeout_s=s.idle_timeout_s, auth_token=s.auth_token)
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.pid for _, w in sorted(self._workers.items())]
 
-    def _close_query_loop(self, portal_cm: Any, portal: BlockingPortal, server_future: Future[Any] | None) -> None:
-        if server_future is not None:
-            server_future.cancel()
-        if self.store is not None:
-            portal.call(self.store.aclose)
-        portal_cm.__exit__(None, None, None)
+    async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = bind_listener(self._settings.listen)
+        try:
+            await self._serve(ctx, listener, task_status)
+        except BaseExceptionGroup as group:
+            # One worker's failure (at start, or beyond the restart intensity) is the actor's failure,
+            # raised bare so that the supervisor and its observer see what it was.
+            raise _sole_error(group) from None
+        finally:
+            listener.close()
+            kind, path, _ = parse_listen(self._settings.listen)
+            if kind == "unix":
+                with suppress(FileNotFoundError):
+                    Path(path).unlink()
+        await self.stopping()
 
-    async def _in_main(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Await ``func(*args)`` on the main loop (actor refs live there) from the query loop."""
-        token = self._main_token
-        return await anyio.to_thread.run_sync(lambda: anyio.from_thread.run(func, *args, token=token))
+    async def _serve(self, ctx: ActorContext, listener: socket.socket, task_status: TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as starting:  # the workers start side by side
+                for index in range(self._settings.workers):
+                    starting.start_soon(partial(tg.start, self._keep_worker, index, listener))
+            await self.started(ctx)
+            task_status.started()
+            log.info("query endpoint listening", listen=self._settings.listen, workers=self._settings.workers,
+                     pids=self.worker_pids)
+            while True:
+                message = await ctx.mailbox.get()
+                if ctx.is_stop(message):
+                    break
+                payload, reply = ctx.unwrap(message)
+                if type(payload) is Committed:
+                    self._announce(payload)
+                if reply is not None:
+                    reply.send({"workers": self.worker_pids})
+            await self._stop_workers()
+            tg.cancel_scope.cancel()
 
-    # -- commit notifications ---------------------------------------------------------------
+    # -- commit announcements ---------------------------------------------------------------
 
-    def _wake(self, committed: Committed) -> None:
+    def _announce(self, committed: Committed) -> None:
         self.commits_seen += 1
-        for flow in committed.touched_flows:
-            for event in self._waiters.pop(("flow", *flow), ()):
-                event.set()
-        for frame in committed.touched_frames:
-            for event in self._waiters.pop(("frame", *frame), ()):
-                event.set()
-        if committed.positions:
-            for event in self._any_commit:
-                event.set()
-            self._any_commit.clear()
+        encoded = orjson.dumps({
+            "t": "commit", "flows": list(committed.touched_flows), "frames": list(committed.touched_frames),
+            "positions": bool(committed.positions),
+        })
+        for worker in self._workers.values():
+            worker.announce(encoded)
 
-    async def wait_for_commit(self, since: int) -> None:
-        """Return after a commit newer than ``since`` (a ``commits_seen`` value noted before a read)."""
-        await self._wait_for([], any_commit=True, since=since)
+    # -- worker supervision -----------------------------------------------------------------
 
-    async def _wait_for(self, keys: list[tuple[Any, ...]], any_commit: bool, since: int) -> None:
-        """Wait for a commit touching ``keys`` (or any commit) — unless one already arrived since
-        ``since``: a commit that landed while the caller was reading must not be slept through."""
-        if self.commits_seen != since:
-            return
-        event = anyio.Event()
-        for key in keys:
-            self._waiters[key].add(event)
-        if any_commit:
-            self._any_commit.add(event)
+    async def _keep_worker(self, index: int, listener: socket.socket, *,
+                           task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run worker ``index``, restarting it when it dies, until the actor stops.
+
+        The first start reports to the actor's own start (a worker that cannot start fails it, e.g.
+        an unreachable store); later ones are restarts, with backoff, within the restart intensity.
+        """
+        attempt = 0
+        ready = False
+
+        def on_ready() -> None:
+            nonlocal ready
+            if not ready:
+                ready = True
+                task_status.started()
+
+        while True:
+            started_at = anyio.current_time()
+            try:
+                await self._run_worker(index, listener, on_ready)
+                reason: BaseException = QueryWorkerFailed(f"query worker {index} exited")
+            except CtxplaneError as exc:
+                if not ready:
+                    raise  # the first start failed: the actor's start fails with it
+                reason = exc
+            if self._stopping:
+                return
+            now = anyio.current_time()
+            if now - started_at >= self._backoff.reset_after:
+                attempt = 0
+            self._restarts.append(now)
+            while self._restarts and self._restarts[0] < now - self._intensity.period:
+                self._restarts.popleft()
+            if len(self._restarts) > self._intensity.max_restarts:
+                raise QueryWorkersFailing(
+                    f"query workers restarted {len(self._restarts)} times in {self._intensity.period:g} s; last: {reason}"
+                ) from reason
+            delay = self._backoff.delay(attempt, self._rng)
+            attempt += 1
+            log.warning("query worker died; restarting it", worker=index, error=str(reason), delay_s=round(delay, 3))
+            if self._observer is not None:
+                self._observer.on_restart("query", f"query-worker-{index}", reason, delay)
+            await anyio.sleep(delay)
+
+    def _spec(self, index: int) -> dict[str, Any]:
+        features = getattr(self._features, "settings", None)
+        return WorkerSpec(
+            index=index, query=self._settings, store=self._store_settings, logging=self._logging, scope=self._scope,
+            required_roles=self._required_roles, features=features, forwarded_ops=tuple(self._ops),
+        ).model_dump(mode="json")
+
+    async def _run_worker(self, index: int, listener: socket.socket, on_ready: Callable[[], None]) -> None:
+        """Start worker ``index`` and serve its channel until it exits (``on_ready`` once it serves)."""
+        mine, theirs = channel_pair()
         try:
-            await event.wait()
+            command = [sys.executable, "-m", "ctxplane.actors.serve.worker", "--listen-fd", str(listener.fileno()),
+                       "--channel-fd", str(theirs.fileno()), "--parent-pid", str(os.getpid())]
+            process = await anyio.open_process(command, stdin=subprocess.DEVNULL, stdout=None, stderr=None,
+                                               pass_fds=(listener.fileno(), theirs.fileno()))
         finally:
-            for key in keys:
-                waiting = self._waiters.get(key)
-                if waiting is not None:
-                    waiting.discard(event)
-                    if not waiting:
-                        del self._waiters[key]
-            self._any_commit.discard(event)
-
-    # -- requests ---------------------------------------------------------------------------
-
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer one request (called by the socket server, one call per request line)."""
-        started = anyio.current_time()
-        op = request.get("op") or request.get("query_kind")
-        request_id = request.get("request_id")
-        handler = self._ops.get(op) if isinstance(op, str) else None
-        if handler is None:
-            known = ", ".join(sorted(self._ops))
-            return error_response("INVALID_REQUEST", f"unknown op {op!r}; known ops: {known}", request_id=request_id)
-        deadline_ms = request.get("deadline_ms", self._settings.default_deadline_ms)
-        if type(deadline_ms) is not int or deadline_ms <= 0:
-            return self._failure(op, request, Reason.INVALID_REQUEST, "deadline_ms must be a positive integer", retryable=False)
-        # A bounded wait bounds how long one request can hold a slot (query.max_deadline_ms). The
-        # operator's `drill` op is exempt: a rewind drill legitimately takes longer, and it is gated.
-        cap = self._settings.max_deadline_ms
-        wait_ms = request.get("wait_ms", 0)
-        for field, value in (("deadline_ms", deadline_ms), ("wait_ms", wait_ms)):
-            if type(value) is int and value > cap and op != "drill":
-                return self._failure(op, request, Reason.INVALID_REQUEST,
-                                     f"{field}: {value} is above the limit {cap} (query.max_deadline_ms)", retryable=False)
-        assert self._pending is not None
+            theirs.close()
+        channel = await Channel.from_socket(mine)
+        worker = _Worker(index, process, channel)
         try:
-            self._pending.acquire_nowait()
-        except anyio.WouldBlock:
-            return self._failure(op, request, Reason.OVERLOADED, "too many requests in progress", retryable=True)
+            await channel.send({"t": "init", "spec": self._spec(index)})
+            with anyio.move_on_after(WORKER_START_TIMEOUT_S) as start:
+                hello = await channel.receive()
+            if start.cancelled_caught:
+                raise QueryWorkerFailed(f"query worker {index} did not start within {WORKER_START_TIMEOUT_S:g} s")
+            if hello["t"] == "failed":
+                raise _start_error(hello)
+            self._workers[index] = worker  # announcements from here on, before it serves: none is missed
+            await channel.send({"t": "serve"})
+            on_ready()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.send_announcements)
+                try:
+                    while True:
+                        message = await channel.receive()
+                        if message["t"] == "ask":
+                            tg.start_soon(self._answer, worker, message)
+                        elif message["t"] == "obs":
+                            self._record(message["items"])
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    tg.cancel_scope.cancel()  # the worker has gone: so have its pending asks
+            code = await _exit_code(process)
+            raise QueryWorkerFailed(f"query worker {index} (pid {process.pid}) exited with code {code}")
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:  # gone before it served
+            code = await _exit_code(process)
+            raise QueryWorkerFailed(f"query worker {index} (pid {process.pid}) exited with code {code}") from exc
+        finally:
+            self._workers.pop(index, None)
+            with anyio.CancelScope(shield=True):
+                await channel.aclose()
+                if process.returncode is None:
+                    with suppress(ProcessLookupError):
+                        process.kill()
+                await process.wait()
+
+    async def _stop_workers(self) -> None:
+        """Ask every worker to stop; each exits after writing the answers in progress."""
+        self._stopping = True
+        workers = list(self._workers.values())
+        for worker in workers:
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await worker.channel.send({"t": "stop"})
+        with anyio.move_on_after(10):
+            for worker in workers:
+                await worker.process.wait()
+
+    # -- what the workers ask of this process ------------------------------------------------
+
+    async def _answer(self, worker: _Worker, ask: dict[str, Any]) -> None:
+        op, request, deadline_s = ask["op"], ask["request"], ask["deadline_s"]
+        reply: dict[str, Any] = {"t": "reply", "id": ask["id"]}
         try:
-            with anyio.move_on_after(deadline_ms / 1000):
-                response = await handler(request, deadline_ms / 1000)
-                self._observe(op, response, started)
-                return response
-            response = self._failure(op, request, Reason.DEADLINE_EXCEEDED, f"no answer within {deadline_ms} ms", retryable=True)
-        except StoreUnavailable as exc:
-            response = self._failure(op, request, Reason.STORE_UNAVAILABLE, str(exc), retryable=True)
-        except StoreDataError as exc:
-            # The store refused a value of this request (the parsers bound every value that reaches a
-            # column, so this is a gap in them): the request's fault, and a retry fails the same way.
-            log.warning("the store refused a value of a request", op=op, request_id=request_id, error=str(exc))
-            response = self._failure(op, request, Reason.INVALID_REQUEST, "the store refused a value of this request",
-                                     retryable=False)
-        except StoreError as exc:
-            log.error("store error while answering", op=op, error=str(exc))
-            response = self._failure(op, request, Reason.STORE_UNAVAILABLE, "store error", retryable=True)
+            with anyio.move_on_after(deadline_s):
+                reply["answer"] = await self._parent_op(op)(request, deadline_s)
+            if "answer" not in reply:
+                reply.update(error="AskTimeout", detail=f"{op}: no answer within {deadline_s:g} s")
+        except (StoreDataError, StoreUnavailable) as exc:
+            reply.update(error=type(exc).__name__, detail=str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug in an op, logged with its traceback and answered
-            # A bug reached by one request must not end the endpoint for every client: it is answered
-            # as an error for this request only, and logged with its traceback to be fixed.
-            log.exception("query handler failed", op=op, request_id=request_id)
-            response = self._failure(op, request, Reason.INTERNAL_ERROR, f"internal error ({type(exc).__name__})",
-                                     retryable=False)
-        finally:
-            self._pending.release()
-        self._observe(op, response, started)
-        return response
+            log.exception("query op failed", op=op, request_id=str(request.get("request_id"))[:128])
+            reply.update(error=type(exc).__name__, detail=f"internal error ({type(exc).__name__})")
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await worker.channel.send(reply)
 
-    def _observe(self, op: str, response: dict[str, Any], started: float) -> None:
-        status = response.get("status")
-        if status in ("MISSING_BINDING", "MISSING_JOIN_FRAME"):
-            self._counts["join_misses"] += 1
-        elif op == "get_features":
-            if status == "OK":
-                fresh = response["snapshot"]["freshness"]
-                if fresh["missing_groups"] or fresh["missing_feature_keys"]:
-                    self._counts["missing_features"] += 1
-            elif response.get("code") in ("UNAVAILABLE", "MISSING_PROVENANCE"):
-                self._counts["snapshot_failures"] += 1
-        if self._observer is not None:
-            self._observer.on_query(op, response.get("status", "?"), anyio.current_time() - started)
+    def _parent_op(self, op: str) -> Callable[[dict[str, Any], float], Awaitable[Any]]:
+        if op == "health":
+            return self._health_op
+        if op == "lag":
+            return self._lag
+        return self._ops[op]
 
-    def _failure(self, op: str, request: dict[str, Any], reason: Reason, detail: str, *, retryable: bool) -> dict[str, Any]:
-        request_id = request.get("request_id")
-        if op in JOIN_OPS:
-            status = "INVALID_REQUEST" if reason is Reason.INVALID_REQUEST else "UNAVAILABLE"
-            return {"request_id": request_id, "status": status, "reason_codes": [reason.value], "detail": detail,
-                    "retryable": retryable, "pins": request.get("pins"), "resolved_at_utc": now_utc()}
-        code = {Reason.INVALID_REQUEST: "INVALID_REQUEST"}.get(reason, "UNAVAILABLE")
-        return {**error_response(code, detail, request_id=request_id, retryable=retryable), "reason": reason.value}
+    def _record(self, items: list[list[Any]]) -> None:
+        for op, status, seconds, count in items:
+            if count is not None:
+                self._counts[count] += 1
+            if self._observer is not None:
+                self._observer.on_query(op, status, seconds)
 
-    async def _lag(self) -> dict[str, Any] | None:
+    async def _lag(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any] | None:
         try:
-            snap = await self._in_main(partial(self._checkpoint.ask, timeout=0.2), "positions")
+            snap = await self._checkpoint.ask("positions", timeout=deadline_s)
         except (AskTimeout, ActorUnavailable):
             return None
         parts = [p for p in snap["partitions"] if p["plane"] == "join"]  # type: ignore[index]
         lags = [p["lag"] for p in parts if p["lag"] is not None]
         return {"partitions": len(parts), "total_lag": sum(lags) if lags else None}
 
-    async def _join(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
-        parsed = parse_join_request(request, max_wait_ms=wait_budget_ms(deadline_s))
-        if not isinstance(parsed, JoinRequest):
-            detail, request_id = parsed
-            return invalid_join_answer(detail, request, request_id, resolved_at=now_utc())
-        until = anyio.current_time() + parsed.wait_ms / 1000
-        while True:
-            seen = self.commits_seen
-            snap = await self.store.read(join_snapshot_program(parsed, scope=self._scope))
-            answer = answer_join(parsed, snap, resolved_at=now_utc(), required_roles=self._required_roles)
-            status_ready = answer["status"] not in ("MISSING_BINDING", "MISSING_JOIN_FRAME")
-            remaining = until - anyio.current_time()
-            if status_ready or remaining <= 0:
-                if not status_ready:
-                    answer["lag"] = await self._lag()
-                return answer
-            keys: list[tuple[Any, ...]] = []
-            if parsed.flow_id is not None:
-                keys.append(("flow", parsed.pins["platform_run_id"], parsed.pins["scenario_run_id"], parsed.flow_id))
-            key = answer.get("join_frame_key")
-            if key is not None:
-                keys.append(("frame", key["platform_run_id"], key["scenario_run_id"], key["merchant_id"], key["arrival_seq"]))
-            with anyio.move_on_after(remaining):
-                await self._wait_for(keys, any_commit=False, since=seen)
-
-    async def _basis(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
-        plane = request.get("plane")
-        if plane not in (None, "join", "features"):
-            return error_response("INVALID_REQUEST", "plane must be join or features", request_id=request.get("request_id"))
-        planes = (plane,) if plane else ("join", "features")
-        bases = await self.store.read(basis_program(self._scope, planes))
-        return {"status": "OK", "request_id": request.get("request_id"), "served_at_utc": now_utc(), "planes": bases}
-
     async def _health_op(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         try:
-            report = await self._in_main(partial(self._health.ask, timeout=max(0.05, deadline_s * 0.8)), "report")
+            report = await self._health.ask("report", timeout=max(0.05, deadline_s * 0.8))
         except (AskTimeout, ActorUnavailable) as exc:
-            return {"status": "OK", "request_id": request.get("request_id"), "health": {"state": "RED", "reasons": ["HEALTH_UNAVAILABLE"], "detail": str(exc)}}
+            return {"status": "OK", "request_id": request.get("request_id"),
+                    "health": {"state": "RED", "reasons": ["HEALTH_UNAVAILABLE"], "detail": str(exc)}}
         return {"status": "OK", "request_id": request.get("request_id"), "health": report}
 
-    async def _get_features(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
-        return await self._features.answer(self, request, deadline_s)  # type: ignore[no-any-return]
+
+def _start_error(hello: dict[str, Any]) -> CtxplaneError:
+    """The error a worker reported at start, as the type the rest of the process expects."""
+    kinds: dict[str, type[CtxplaneError]] = {"StoreUnavailable": StoreUnavailable, "UsageError": UsageError}
+    return kinds.get(hello.get("error", ""), QueryWorkerFailed)(hello.get("detail", "query worker failed to start"))
+
+
+def _sole_error(group: BaseExceptionGroup) -> BaseException:
+    """The one error inside (nested) task-group groups, or the group itself if there are several."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+async def _exit_code(process: Process) -> int | None:
+    with anyio.move_on_after(5):
+        return await process.wait()
+    return None
+

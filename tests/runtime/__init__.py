@@ -65,8 +65,8 @@ class Recorder:
     def states_of(self, actor: str) -> list[ActorState]:
         return [s for a, s in self.states if a == actor]
 
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        with anyio.fail_after(GUARD):
+    async def wait_for(self, predicate: Callable[[], bool], guard: float = GUARD) -> None:
+        with anyio.fail_after(guard):
             while not predicate():
                 await self._changed.wait()
 
