@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) ops/bench/ingest_bench.py
 	$(PY) ops/bench/kernel_bench.py
+	$(PY) ops/bench/query_bench.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

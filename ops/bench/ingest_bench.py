@@ -11,7 +11,8 @@ What it measures, each against something measured in the same run on the same ma
   context events at --rate events/s and the supervisor ingests them;
 - P4: get_features latency (3 windows, 2 groups, 1 hot key with --hot-events events over 7 days)
   from a separate client process during the same ingest.
-Latencies are sorted samples from the client process (p50/p99/p99.9).
+Latencies are sorted samples from the client process (p50/p99/p99.9). query_bench.py measures P3/P4
+in more detail (idle and during ingest, 1 and 2 clients, SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -30,25 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-RESULTS = ROOT / "ops" / "bench" / "results"
-
-
-def _config(directory: Path, dsn: str, **extra: Any) -> Path:
-    cfg: dict[str, Any] = {
-        "store": {"dsn": dsn}, "bus": {"root": str(directory / "eb")},
-        "query": {"listen": f"unix:{directory / 'q.sock'}"}, "metrics": {"listen": None},
-        "logging": {"format": "json", "level": "info"}, "health": {"artifact_root": str(directory / "art")},
-    }
-    for section, values in extra.items():
-        cfg.setdefault(section, {}).update(values)
-    path = directory / "ctxplane.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+from common import (
+    CLI,
+    RESULTS,
+    ROOT,
+    ClientPool,
+    Supervisor,
+    features_requests,
+    fresh_dsn,
+    percentiles,
+    preload,
+    publisher,
+    resolve_requests,
+    write_config,
+)
 
 
 def _bus_lines(eb: Path) -> list[bytes]:
@@ -101,8 +97,7 @@ def _stamp(line: str) -> float | None:
 
 
 def ingest_once(config: Path, events: int) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config), "--once"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run([*CLI, "run", "--config", str(config), "--once"], capture_output=True, text=True, check=True)
     start = end = listening = None
     for line in proc.stderr.splitlines():
         if '"query endpoint listening"' in line:
@@ -116,123 +111,35 @@ def ingest_once(config: Path, events: int) -> dict[str, float]:
             "query_ready_after_s": (listening - start) if listening else float("nan")}
 
 
-def _fresh_dsn(backend: str, directory: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{directory / 'store.sqlite'}"
-    import anyio
-
-    from tests.support.stores import fresh_dsn
-
-    return anyio.run(fresh_dsn, "postgresql", directory)
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-    return {"n": len(ordered), "p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": ordered[-1] * 1000}
-
-
-_CLIENT = r'''
-import sys, time, json
-from ctxplane.runtime.client import Client
-listen, kind, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-payload = json.load(open(sys.argv[4]))
-samples, statuses = [], {}
-with Client(listen) as client:
-    for req in payload["warmup"]:
-        client.request(req)
-    deadline = time.perf_counter() + seconds
-    i = 0
-    requests = payload["requests"]
-    while time.perf_counter() < deadline:
-        req = requests[i % len(requests)]
-        i += 1
-        t = time.perf_counter()
-        answer = client.request(req)
-        samples.append(time.perf_counter() - t)
-        key = answer.get("status")
-        statuses[key] = statuses.get(key, 0) + 1
-print(json.dumps({"samples": samples, "statuses": statuses}))
-'''
-
-
-def _publisher(eb: Path, rate: float, seconds: float, start_seq: int) -> subprocess.Popen[bytes]:
-    code = r'''
-import sys, time, anyio
-from ctxplane.runtime.bus import FileBus, partition_key_for
-from tests.support.workload import context_events
-eb, rate, seconds, start = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-async def main():
-    bus = FileBus(eb)
-    t0 = time.perf_counter(); seq = start; sent = 0
-    while time.perf_counter() - t0 < seconds:
-        batch = {}
-        for _ in range(max(1, int(rate / 20 / 3))):
-            for topic, env in context_events(seq):
-                batch.setdefault(topic, []).append((partition_key_for(env, None), env))
-            seq += 1
-        for topic, items in batch.items():
-            await bus.publish_many(topic, items, partitions=4)
-            sent += len(items)
-        ahead = sent / rate - (time.perf_counter() - t0)
-        if ahead > 0:
-            await anyio.sleep(ahead)
-    print(sent)
-anyio.run(main)
-'''
-    return subprocess.Popen([sys.executable, "-c", code, str(eb), str(rate), str(seconds), str(start_seq)],
-                            stdout=subprocess.PIPE, cwd=ROOT)
-
-
 def latency_under_ingest(directory: Path, backend: str, rate: float, seconds: float, hot_events: int) -> dict[str, Any]:
-    from tests.support.workload import (
-        PINS,
-        TRAFFIC_FRAUD,
-        context_events,
-        envelope,
-        publish,
-    )
-
+    """P3 and P4 together: one resolve client and one get_features client while context events arrive at ``rate``."""
     work = directory / "latency"
     work.mkdir()
     eb = work / "eb"
     # A store that already holds 2000 ready flows and a hot instrument with `hot_events` events over 7 days.
-    publish(eb, [item for seq in range(1, 2001) for item in context_events(seq)], partitions=4)
-    span_s = 7 * 86400
-    hot = [(TRAFFIC_FRAUD[0], envelope(TRAFFIC_FRAUD[1], {"flow_id": f"hf-{i}", "instrument_id": "inst-hot", "amount": (i % 500) + 0.25},
-                                       eid=f"{i:064x}", ts_s=i * span_s / hot_events)) for i in range(hot_events)]
-    publish(eb, hot, partitions=4)
-    config = _config(work, _fresh_dsn(backend, work))
-    subprocess.run([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config), "--once"], check=True,
-                   capture_output=True)
-    proc = subprocess.Popen([sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config)], stderr=subprocess.PIPE,
-                            text=True)
+    preload(eb, 2000, hot_events)
+    config = write_config(work, fresh_dsn(backend, work))
+    subprocess.run([*CLI, "run", "--config", str(config), "--once"], check=True, capture_output=True, cwd=ROOT)
+    listen = f"unix:{work / 'q.sock'}"
+    supervisor = Supervisor(config, listen, work / "run.log")
+    pool = ClientPool(2)
+    pub = None
     try:
-        for line in proc.stderr:  # type: ignore[union-attr]
-            if '"running"' in line:
-                break
-        listen = f"unix:{work / 'q.sock'}"
-        resolve = [{"op": "resolve_flow_binding", "pins": PINS, "flow_id": f"flow-{i}"} for i in range(1, 2001, 7)]
-        as_of = "2026-02-14T05:00:00.000000Z"
-        features = [{"op": "get_features", "pins": PINS, "as_of_time_utc": as_of,
-                     "feature_keys": [{"key_type": "instrument_id", "key_id": "inst-hot"}],
-                     "feature_groups": [{"name": "core_features", "version": "v1"}, {"name": "entity_velocity", "version": "v1"}]}]
-        publisher = _publisher(eb, rate, seconds + 2, 10_000)
-        clients = []
-        for name, reqs in (("resolve", resolve), ("features", features)):
+        jobs = []
+        for name, reqs in (("resolve", resolve_requests(2000)), ("features", features_requests())):
             payload = work / f"{name}.json"
-            payload.write_text(json.dumps({"warmup": reqs[:50], "requests": reqs}))
-            clients.append(subprocess.Popen([sys.executable, "-c", _CLIENT, listen, name, str(seconds), str(payload)],
-                                            stdout=subprocess.PIPE, cwd=ROOT))
-        outputs = [json.loads(c.communicate()[0]) for c in clients]
-        sent = int(publisher.communicate()[0] or 0)
+            payload.write_text(json.dumps(reqs))
+            jobs.append((payload, 0))
+        pub = publisher(eb, rate, seconds + 2, 10_000)
+        pool.start(listen, jobs, seconds)
+        resolve_out, feature_out = pool.collect(2)
+        sent = int(pub.communicate()[0] or 0)
     finally:
-        proc.terminate()
-        proc.wait(60)
-    resolve_out, feature_out = outputs
+        if pub is not None and pub.poll() is None:
+            pub.terminate()
+            pub.wait()
+        pool.close()
+        supervisor.stop()
     return {
         "ingest_rate_target": rate, "published": sent,
         "resolve_flow_binding": {**percentiles(resolve_out["samples"]), "statuses": resolve_out["statuses"]},
@@ -264,7 +171,7 @@ def main() -> int:
             run_dir.mkdir()
             shutil.copytree(eb, run_dir / "eb")
             floors.append(floor_events_per_s(eb, run_dir))
-            runs.append(ingest_once(_config(run_dir, _fresh_dsn(args.backend, run_dir)), events))
+            runs.append(ingest_once(write_config(run_dir, fresh_dsn(args.backend, run_dir)), events))
         e2e = statistics.median(r["events_per_s"] for r in runs)
         floor = statistics.median(floors)
         result: dict[str, Any] = {
