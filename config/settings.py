@@ -148,7 +148,10 @@ class QuerySettings(_Section):
     auth_token: str | None = None
     max_connections: int = Field(default=256, ge=1)
     max_request_bytes: int = Field(default=65536, ge=1024)
-    idle_timeout_s: float = Field(default=300.0, gt=0)
+    # A connection silent this long, with no answer pending, is closed (clients reconnect).
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    # A request line must be complete this long after its first byte (a trickle cannot hold a slot).
+    request_read_timeout_s: float = Field(default=10.0, gt=0)
     # Requests queued beyond this are answered OVERLOADED at once instead of waiting.
     max_pending: int = Field(default=1024, ge=1)
     default_deadline_ms: int = Field(default=1000, ge=1)

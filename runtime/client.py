@@ -69,7 +69,10 @@ class AsyncClient:
     async def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (tests use this for malformed input)."""
         assert self._stream is not None, "connect() first"
-        await self._stream.send(data)
+        try:
+            await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise QueryEndpointUnavailable("the query endpoint closed the connection") from exc
 
     async def receive(self) -> dict[str, Any]:
         """Read one response line."""

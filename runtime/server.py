@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,80 @@ import anyio
 import orjson
 import structlog
 from anyio.abc import ByteStream, Listener, SocketListener, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ctxplane.config.settings import is_loopback
 from ctxplane.runtime.exceptions import UsageError
 
-__all__ = ("Handler", "LineServer", "bind_listener", "error_response", "is_loopback", "parse_listen")
+__all__ = (
+    "Handler",
+    "LineServer",
+    "Peer",
+    "bind_listener",
+    "current_peer",
+    "error_response",
+    "is_loopback",
+    "parse_listen",
+    "peer_gone",
+)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _READ_CHUNK = 65536
+# Request lines read ahead of the one being answered (pipelining); beyond, reading pauses.
+_PIPELINE_DEPTH = 16
+
+
+class Peer:
+    """The connection a request arrived on, as its handler sees it (:func:`current_peer`).
+
+    ``gone`` turns true when the client closes (or resets) its side: it will send nothing more,
+    and may read nothing more either. A handler waiting for something (``wait_ms``) stops
+    waiting then and answers at once, so the connection's slot is freed without delay.
+    """
+
+    __slots__ = ("_wake", "gone", "pending")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.pending = 0  # requests read and not yet answered
+        self._wake: set[anyio.Event] = set()
+
+    def wake_when_gone(self, event: anyio.Event) -> None:
+        if self.gone:
+            event.set()
+        else:
+            self._wake.add(event)
+
+    def forget(self, event: anyio.Event) -> None:
+        self._wake.discard(event)
+
+    def left(self) -> None:
+        self.gone = True
+        for event in self._wake:
+            event.set()
+        self._wake.clear()
+
+
+_current_peer: ContextVar[Peer | None] = ContextVar("ctxplane_peer", default=None)
+
+
+def current_peer() -> Peer | None:
+    """The connection of the request being answered (None outside a request)."""
+    return _current_peer.get()
+
+
+def peer_gone() -> bool:
+    """True when the client of the request being answered has closed its side."""
+    peer = _current_peer.get()
+    return peer is not None and peer.gone
+
+
+def _is_health(line: bytes) -> bool:
+    try:
+        request = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(request, dict) and request.get("op") == "health"
 
 log = structlog.get_logger("ctxplane.server")
 
@@ -54,11 +121,17 @@ class LineServer:
         handler: answers one decoded request object; it owns deadlines and op semantics.
         max_line: the largest request line accepted (bytes, without the newline).
         max_connections: connections beyond this are closed at once.
-        idle_timeout_s: a connection silent this long is closed.
-        auth_token: when set, every request must carry ``"auth"`` equal to it.
+        idle_timeout_s: a connection silent this long (with no answer pending) is closed.
+        auth_token: when set, every request must carry ``"auth"`` equal to it; a connection whose
+            request fails the check is answered ``UNAUTHORIZED`` and closed, and its first request
+            must arrive within ``request_read_timeout_s``.
         sock: a socket already bound and listening (see :func:`bind_listener`), e.g. inherited
             from a parent process; its owner removes a Unix socket file. Default: bind ``listen``.
         drain_timeout_s: after :meth:`stop_accepting`, how long requests in progress may take.
+        request_read_timeout_s: a request line must be complete this long after its first byte.
+        reserved_for_health: connections beyond ``max_connections`` that may still ask ``health``
+            (one request each), so that an overload stays visible.
+        on_auth_failure: called for every request that fails the token check (for a metric).
     """
 
     def __init__(
@@ -72,6 +145,9 @@ class LineServer:
         auth_token: str | None = None,
         sock: socket.socket | None = None,
         drain_timeout_s: float = 5.0,
+        request_read_timeout_s: float = 10.0,
+        reserved_for_health: int = 4,
+        on_auth_failure: Callable[[], None] | None = None,
     ) -> None:
         kind, host, port = parse_listen(listen)
         if kind == "tcp" and not is_loopback(host) and not auth_token:
@@ -89,8 +165,12 @@ class LineServer:
         self._max_line = max_line
         self._idle_timeout_s = idle_timeout_s
         self._auth = auth_token.encode() if auth_token else None
+        self._request_read_timeout_s = request_read_timeout_s
         self._slots = anyio.CapacityLimiter(max_connections)
+        self._reserved = anyio.CapacityLimiter(reserved_for_health)
+        self._on_auth_failure = on_auth_failure
         self.connections = 0
+        self.auth_failures = 0
 
     async def _listen(self) -> Listener[Any]:
         if self._sock is None:
@@ -133,12 +213,11 @@ class LineServer:
             try:
                 self._slots.acquire_nowait()
             except anyio.WouldBlock:
-                with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await stream.send(orjson.dumps(error_response("OVERLOADED", "too many connections", retryable=True)) + b"\n")
+                await self._overflow(stream)
                 return
             self.connections += 1
             try:
-                await self._serve_lines(stream)
+                await self._serve_connection(stream)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
                 pass  # the client went away: nothing to answer
             except Exception:  # noqa: BLE001 - a bug in this connection's framing, logged with its traceback
@@ -150,34 +229,114 @@ class LineServer:
                 self.connections -= 1
                 self._slots.release()
 
-    async def _serve_lines(self, stream: ByteStream) -> None:
+    async def _overflow(self, stream: ByteStream) -> None:
+        """Every slot is taken: answer one ``health`` request (so that an operator can see the
+        overload) on one of a few reserved slots; anything else is ``OVERLOADED``."""
+        overloaded = error_response("OVERLOADED", "too many connections", retryable=True)
+        try:
+            self._reserved.acquire_nowait()
+        except anyio.WouldBlock:
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                await stream.send(orjson.dumps(overloaded) + b"\n")
+            return
+        try:
+            line = None
+            with anyio.move_on_after(self._request_read_timeout_s):
+                with suppress(anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.BrokenResourceError,
+                              anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
+                    line = await BufferedByteReceiveStream(stream).receive_until(b"\n", self._max_line)
+            response = overloaded
+            if line is not None and _is_health(line):
+                response = await self._answer(line)
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                await self._reply(stream, response)
+        finally:
+            self._reserved.release()
+
+    async def _serve_connection(self, stream: ByteStream) -> None:
+        """Read requests and answer them in order, concurrently: a client that closes its side is
+        seen at once, even while its requests wait (they stop waiting and are answered as they are)."""
+        peer = Peer()
+        _current_peer.set(peer)  # this connection's task only: each connection runs in its own context
+        send, receive = anyio.create_memory_object_stream[bytes | dict[str, Any]](_PIPELINE_DEPTH)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read_requests, stream, send, peer)
+            async with receive:
+                async for item in receive:
+                    response = item if isinstance(item, dict) else await self._answer(item)
+                    peer.pending -= 1
+                    try:
+                        await self._reply(stream, response)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                        break  # the client has gone: nothing more to answer
+                    if response.get("code") == "UNAUTHORIZED":
+                        break  # a client that fails authentication gets no second try on this connection
+            tg.cancel_scope.cancel()
+
+    async def _read_requests(self, stream: ByteStream, requests: Any, peer: Peer) -> None:
+        """Split the byte stream into request lines (framing errors become their answers) until the
+        client closes, goes silent for ``idle_timeout_s`` with nothing pending, or takes longer than
+        ``request_read_timeout_s`` to complete a line (so a trickle of bytes cannot hold a slot)."""
         buffer = bytearray()
         discarding = False  # inside an oversized line: drop bytes up to its newline
-        while True:
-            with anyio.move_on_after(self._idle_timeout_s) as idle:
-                chunk = await stream.receive(_READ_CHUNK)
-            if idle.cancelled_caught:
-                return
-            buffer += chunk
-            while True:
-                newline = buffer.find(b"\n")
-                if newline < 0:
-                    if len(buffer) > self._max_line:
-                        if not discarding:
-                            await self._reply(stream, error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
-                        discarding = True
-                        buffer.clear()
-                    break
-                line = bytes(buffer[:newline])
-                del buffer[: newline + 1]
-                if discarding:
-                    discarding = False
-                    continue
-                if len(line) > self._max_line:
-                    await self._reply(stream, error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
-                    continue
-                if line.strip():
-                    await self._reply(stream, await self._answer(line))
+        line_started = 0.0  # when the partial line in ``buffer`` (or being discarded) began
+        # With a token required, the first request must arrive promptly: an unauthenticated
+        # connection holds a slot for one request read at most.
+        authenticated = self._auth is None
+        try:
+            async with requests:
+                while True:
+                    partial = bool(buffer) or discarding
+                    if partial:
+                        timeout = line_started + self._request_read_timeout_s - anyio.current_time()
+                    elif not authenticated:
+                        timeout = self._request_read_timeout_s
+                    else:
+                        timeout = self._idle_timeout_s
+                    with anyio.move_on_after(max(0.0, timeout)) as waited:
+                        chunk = await stream.receive(_READ_CHUNK)
+                    if waited.cancelled_caught:
+                        if partial:
+                            peer.pending += 1
+                            await requests.send(error_response(
+                                "INVALID_REQUEST",
+                                f"request line not completed within {self._request_read_timeout_s:g} s "
+                                "(query.request_read_timeout_s)"))
+                            return
+                        if peer.pending and authenticated:
+                            continue  # silent while its answers are being built: not idle
+                        return
+                    if not partial:
+                        line_started = anyio.current_time()
+                    buffer += chunk
+                    while True:
+                        newline = buffer.find(b"\n")
+                        if newline < 0:
+                            if len(buffer) > self._max_line:
+                                if not discarding:
+                                    peer.pending += 1
+                                    await requests.send(error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
+                                discarding = True
+                                buffer.clear()
+                            break
+                        line = bytes(buffer[:newline])
+                        del buffer[: newline + 1]
+                        line_started = anyio.current_time()  # what is left of the chunk starts a new line
+                        if discarding:
+                            discarding = False
+                            continue
+                        if len(line) > self._max_line:
+                            peer.pending += 1
+                            await requests.send(error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
+                            continue
+                        if line.strip():
+                            authenticated = True  # a wrong token closes the connection after its answer
+                            peer.pending += 1
+                            await requests.send(line)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            pass  # the client closed (or reset) its side
+        finally:
+            peer.left()
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
@@ -190,6 +349,9 @@ class LineServer:
         if self._auth is not None:
             token = request.pop("auth", None)
             if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self._auth):
+                self.auth_failures += 1
+                if self._on_auth_failure is not None:
+                    self._on_auth_failure()
                 return error_response("UNAUTHORIZED", "missing or wrong auth token", request_id=request_id)
         else:
             request.pop("auth", None)

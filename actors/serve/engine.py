@@ -28,7 +28,7 @@ from ctxplane.contracts.join import (
 from ctxplane.contracts.reasons import Reason
 from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.exceptions import StoreDataError, StoreError, StoreUnavailable
-from ctxplane.runtime.server import error_response
+from ctxplane.runtime.server import current_peer, error_response, peer_gone
 from ctxplane.runtime.store import StoreBackend
 
 __all__ = ("OpHandler", "QueryEngine", "count_of", "wait_budget_ms")
@@ -76,7 +76,7 @@ class QueryEngine:
         forward: Forward,
         forwarded_ops: Iterable[str] = (),
         observe: Observe | None = None,
-        served_by: dict[str, Any] | None = None,
+        served_by: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._settings = settings
         self.store = store
@@ -131,16 +131,21 @@ class QueryEngine:
     async def _wait_for(self, keys: list[tuple[Any, ...]], any_commit: bool, since: int) -> None:
         """Wait for a commit touching ``keys`` (or any commit) — unless one already arrived since
         ``since``: a commit that landed while the caller was reading must not be slept through."""
-        if self.commits_seen != since:
+        peer = current_peer()
+        if self.commits_seen != since or (peer is not None and peer.gone):
             return
         event = anyio.Event()
         for key in keys:
             self._waiters[key].add(event)
         if any_commit:
             self._any_commit.add(event)
+        if peer is not None:
+            peer.wake_when_gone(event)  # a client that closed its side is answered at once
         try:
             await event.wait()
         finally:
+            if peer is not None:
+                peer.forget(event)
             for key in keys:
                 waiting = self._waiters.get(key)
                 if waiting is not None:
@@ -225,7 +230,7 @@ class QueryEngine:
     async def _health(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         answer: dict[str, Any] = await self._forward("health", request, deadline_s)
         if self._served_by is not None:
-            answer["served_by"] = self._served_by
+            answer["served_by"] = self._served_by()
         return answer
 
     async def _join(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
@@ -240,7 +245,7 @@ class QueryEngine:
             answer = answer_join(parsed, snap, resolved_at=now_utc(), required_roles=self._required_roles)
             status_ready = answer["status"] not in ("MISSING_BINDING", "MISSING_JOIN_FRAME")
             remaining = until - anyio.current_time()
-            if status_ready or remaining <= 0:
+            if status_ready or remaining <= 0 or peer_gone():
                 if not status_ready:
                     answer["lag"] = await self._forward("lag", {}, 0.2)
                 return answer

@@ -42,6 +42,7 @@ from ctxplane.contracts.features.serve import (
 from ctxplane.contracts.features.windows import LEVELS_SECONDS, US_PER_SECOND
 from ctxplane.contracts.join import basis_of
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
+from ctxplane.runtime.server import peer_gone
 from ctxplane.runtime.store import Fetch, Program
 
 __all__ = ("FeaturePlane", "build_feature_plane")
@@ -128,7 +129,8 @@ class FeaturePlane:
             seen = query.commits_seen
             read = await query.store.read(self.read_program(parsed))
             watermark = read.basis["watermark_ts_utc"]
-            if (watermark is not None and watermark >= parsed.as_of_time_utc) or anyio.current_time() >= until:
+            if (watermark is not None and watermark >= parsed.as_of_time_utc) or anyio.current_time() >= until \
+                    or peer_gone():
                 break
             with anyio.move_on_after(until - anyio.current_time()):
                 await query.wait_for_commit(since=seen)

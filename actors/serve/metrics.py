@@ -57,6 +57,8 @@ class Metrics:
         self.escalations = Counter("ctxplane_supervisor_escalations", "Restart intensity exceeded", ["supervisor"], registry=r)
         self.query_seconds = Histogram("ctxplane_query_seconds", "Query latency by op and status", ["op", "status"],
                                        buckets=_QUERY_BUCKETS, registry=r)
+        self.auth_failures = Counter("ctxplane_query_auth_failures", "Requests refused for a missing or wrong auth token "
+                                     "(the connection is closed after the answer)", registry=r)
         self.store_available = Gauge("ctxplane_store_available", "1 when the store accepts writes", registry=r)
         self.store_available.set(1)
         self.store_is_available = True
@@ -99,6 +101,9 @@ class Metrics:
 
     def on_query(self, op: str, status: str, seconds: float) -> None:
         self.query_seconds.labels(op, status).observe(seconds)
+
+    def on_auth_failures(self, count: int) -> None:
+        self.auth_failures.inc(count)
 
     # -- health actor -----------------------------------------------------------------------------
 

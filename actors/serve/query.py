@@ -278,7 +278,7 @@ class QueryActor(Actor):
                         if message["t"] == "ask":
                             tg.start_soon(self._answer, worker, message)
                         elif message["t"] == "obs":
-                            self._record(message["items"])
+                            self._record(message["items"], message.get("auth_failures", 0))
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     tg.cancel_scope.cancel()  # the worker has gone: so have its pending asks
             code = await _exit_code(process)
@@ -331,7 +331,9 @@ class QueryActor(Actor):
             return self._lag
         return self._ops[op]
 
-    def _record(self, items: list[list[Any]]) -> None:
+    def _record(self, items: list[list[Any]], auth_failures: int) -> None:
+        if auth_failures and self._observer is not None:
+            self._observer.on_auth_failures(auth_failures)
         for op, status, seconds, count in items:
             if count is not None:
                 self._counts[count] += 1

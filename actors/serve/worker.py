@@ -81,6 +81,7 @@ class _ParentLink:
         self._next_id = 0
         self._waiting: dict[int, list[Any]] = {}  # id -> [event, message]
         self._observed: list[list[Any]] = []
+        self._auth_failures = 0
         self._observed_ready = anyio.Event()
 
     async def forward(self, op: str, request: dict[str, Any], deadline_s: float) -> Any:
@@ -111,6 +112,10 @@ class _ParentLink:
         self._observed.append([op, status, seconds, count])
         self._observed_ready.set()
 
+    def observe_auth_failure(self) -> None:
+        self._auth_failures += 1
+        self._observed_ready.set()
+
     async def ship_observations(self) -> None:
         """Send the latencies observed since the last send, batched while the channel is busy."""
         while True:
@@ -120,8 +125,9 @@ class _ParentLink:
 
     async def flush(self) -> None:
         items, self._observed = self._observed, []
-        if items:
-            await self._channel.send({"t": "obs", "items": items})
+        auth_failures, self._auth_failures = self._auth_failures, 0
+        if items or auth_failures:
+            await self._channel.send({"t": "obs", "items": items, "auth_failures": auth_failures})
 
 
 async def serve_worker(listen_sock: socket.socket, channel_sock: socket.socket) -> int:
@@ -149,14 +155,17 @@ async def _serve(spec: WorkerSpec, store: Any, channel: Channel, listen_sock: so
 
         features = build_feature_plane(spec.features)
     link = _ParentLink(channel)
+    q = spec.query
+    servers: list[LineServer] = []
     engine = QueryEngine(
         spec.query, store=store, scope=spec.scope, required_roles=spec.required_roles, features=features,
         forward=link.forward, forwarded_ops=spec.forwarded_ops, observe=link.observe,
-        served_by={"worker": spec.index, "pid": os.getpid()},
+        served_by=lambda: {"worker": spec.index, "pid": os.getpid(), "connections": servers[0].connections},
     )
-    q = spec.query
     server = LineServer(q.listen, engine.handle, sock=listen_sock, max_line=q.max_request_bytes,
-                        max_connections=q.max_connections, idle_timeout_s=q.idle_timeout_s, auth_token=q.auth_token)
+                        max_connections=q.max_connections, idle_timeout_s=q.idle_timeout_s, auth_token=q.auth_token,
+                        request_read_timeout_s=q.request_read_timeout_s, on_auth_failure=link.observe_auth_failure)
+    servers.append(server)
     await channel.send({"t": "ready", "pid": os.getpid()})
     stop = anyio.Event()  # a stop message, SIGTERM, or the parent gone
     parent_gone = False

@@ -79,12 +79,18 @@ async def test_connection_limit_and_auth(tmp_path: Path) -> None:
         await tg.start(server.serve)
         async with AsyncClient(listen, auth_token="t0ken") as first:
             assert (await first.request({"x": 1}))["echo"] == {"x": 1}  # auth is stripped before the handler
-            async with AsyncClient(listen) as second:
-                assert (await second.receive())["code"] == "OVERLOADED"
+            async with AsyncClient(listen, auth_token="t0ken") as second:
+                assert (await second.request({"x": 2}))["code"] == "OVERLOADED"
+            # Beyond the limit, a few reserved connections may still ask for health (then close).
+            async with AsyncClient(listen, auth_token="t0ken") as operator:
+                assert (await operator.request({"op": "health"}))["echo"] == {"op": "health"}
         async with AsyncClient(listen) as no_auth:
             assert (await no_auth.request({"x": 1}))["code"] == "UNAUTHORIZED"
         async with AsyncClient(listen, auth_token="wrong") as wrong:
             assert (await wrong.request({"x": 1}))["code"] == "UNAUTHORIZED"
+            with pytest.raises(QueryEndpointUnavailable, match="closed"):  # no second try on that connection
+                await wrong.request({"x": 1})
+        assert server.auth_failures == 2
         tg.cancel_scope.cancel()
 
 
