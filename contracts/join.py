@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -176,6 +177,13 @@ def _parse_key(raw: object, pins: Mapping[str, Any]) -> tuple[str, str, str, int
     return (run, scenario, merchant, seq)
 
 
+@lru_cache(maxsize=256)
+def _stored_pins(pins_json: str) -> dict[str, Any]:
+    """Stored pins, parsed once per distinct text (a run has one set; every row repeats it).
+    Shared: never mutated by the answer code (answers copy what they return)."""
+    return orjson.loads(pins_json)  # type: ignore[no-any-return]
+
+
 def pins_mismatch(request_pins: Mapping[str, Any], stored_pins: Mapping[str, Any]) -> list[str]:
     """Pins that differ (compared as strings; run_id only when both sides carry it)."""
     names = [name for name in PIN_FIELDS if str(request_pins.get(name)) != str(stored_pins.get(name))]
@@ -186,7 +194,17 @@ def pins_mismatch(request_pins: Mapping[str, Any], stored_pins: Mapping[str, Any
 
 
 def basis_of(stream: str, checkpoints: Sequence[CheckpointRow]) -> dict[str, Any]:
-    """The applied basis of a plane and its digest (watermark excluded from the digest)."""
+    """The applied basis of a plane and its digest (watermark excluded from the digest).
+
+    Every answer carries one, and between two commits every answer has the same: the digest of
+    a checkpoint set is computed once (the result is a fresh dict each time, free to change).
+    """
+    basis = _basis(stream, tuple(checkpoints))
+    return {**basis, "topics": {topic: dict(parts) for topic, parts in basis["topics"].items()}}
+
+
+@lru_cache(maxsize=64)
+def _basis(stream: str, checkpoints: tuple[CheckpointRow, ...]) -> dict[str, Any]:
     topics: dict[str, dict[str, dict[str, str]]] = {}
     for cp in sorted(checkpoints, key=lambda c: (c.topic, c.partition)):
         topics.setdefault(cp.topic, {})[str(cp.partition)] = {"next_offset": cp.next_offset, "offset_kind": cp.offset_kind}
@@ -272,7 +290,7 @@ def answer_join(
         if not snap.flow_claims:
             return done("MISSING_BINDING", Reason.FLOW_BINDING_NOT_FOUND)
         claim = _first(snap.flow_claims)
-        if pins_mismatch(request.pins, orjson.loads(claim.pins_json)):
+        if pins_mismatch(request.pins, _stored_pins(claim.pins_json)):
             return done("CONFLICT", Reason.PINS_MISMATCH)
         key = (request.pins["platform_run_id"], request.pins["scenario_run_id"], claim.merchant_id, claim.arrival_seq)
         response["join_frame_key"] = _frame_key_json(key)
@@ -298,7 +316,7 @@ def answer_join(
     if not snap.roles:
         return done("MISSING_JOIN_FRAME", Reason.JOIN_FRAME_NOT_FOUND)
     for entry in snap.roles:
-        if pins_mismatch(request.pins, orjson.loads(entry.pins_json)):
+        if pins_mismatch(request.pins, _stored_pins(entry.pins_json)):
             return done("CONFLICT", Reason.PINS_MISMATCH)
     frame, conflicts = _frame(key, snap.roles, required_roles)
     response["context_refs"] = {role: frame[f"{role}_ref"] for role in frame["roles_present"]}

@@ -81,26 +81,34 @@ class FeaturePlane:
         seen: set[tuple[str, str]] = set()
         for (key_type, key_id), durations in windows_needed(groups, request).items():
             plans = {d: decompose(request.as_of_us - d, request.as_of_us) for d in sorted(durations)}
-            tile_terms, tile_params = [], []
-            raw_terms, raw_params = [], []
+            tile_ranges: dict[int, list[tuple[int, int]]] = {}
+            raw_ranges: list[tuple[int, int]] = []
             for plan in plans.values():
                 for level, first, last in plan.tiles:
-                    tile_terms.append("(level_s = ? AND tile_id BETWEEN ? AND ?)")
-                    tile_params += [level, first, last]
-                for lo, hi in plan.raw:
-                    raw_terms.append("(ts_us > ? AND ts_us <= ?)")
-                    raw_params += [lo, hi]
+                    tile_ranges.setdefault(level, []).append((first, last))
+                raw_ranges.extend(plan.raw)
             scope = "platform_run_id = ? AND scenario_run_id = ? AND key_type = ? AND key_id = ?"
             params = [run, scenario, key_type, key_id]
+            # One index range seek per disjoint range, glued with UNION ALL: an OR of ranges would
+            # scan every tile of the key (the planner cannot split it on a WITHOUT ROWID key), and
+            # disjoint ranges never return a row twice (evaluate() must not see one twice).
+            tile_terms, tile_params = [], []
+            for level in sorted(tile_ranges):
+                for first, last in _disjoint(tile_ranges[level], touching=1):
+                    tile_terms.append(
+                        "SELECT level_s, tile_id, event_count, amount_sum, amount_count, amount_min, amount_max, last_ts_us"
+                        f" FROM feature_tiles WHERE {scope} AND level_s = ? AND tile_id BETWEEN ? AND ?")
+                    tile_params += [*params, level, first, last]
+            raw_terms, raw_params = [], []
+            for lo, hi in _disjoint(raw_ranges, touching=0):
+                raw_terms.append(f"SELECT ts_us, amount_units FROM feature_raw WHERE {scope} AND ts_us > ? AND ts_us <= ?")
+                raw_params += [*params, lo, hi]
             tiles = []
             if tile_terms:
-                tiles = yield Fetch(
-                    "SELECT level_s, tile_id, event_count, amount_sum, amount_count, amount_min, amount_max, last_ts_us"
-                    f" FROM feature_tiles WHERE {scope} AND ({' OR '.join(tile_terms)})", params + tile_params)
+                tiles = yield Fetch(" UNION ALL ".join(tile_terms), tile_params)
             raws = []
             if raw_terms:
-                raws = yield Fetch(f"SELECT ts_us, amount_units FROM feature_raw WHERE {scope} AND ({' OR '.join(raw_terms)})",
-                                   params + raw_params)
+                raws = yield Fetch(" UNION ALL ".join(raw_terms), raw_params)
             if cutoff is not None:
                 raws = [r for r in raws if r[0] > cutoff]
                 tiles = [t for t in tiles if t[1] >= first_kept_tile(cutoff, t[0])]
@@ -137,6 +145,19 @@ class FeaturePlane:
         snapshot = build_snapshot(self.policy, parsed, read, run_config_digest=self.run_config_digest,
                                   offset_kind=self.offset_kind)
         return {"status": "OK", "request_id": parsed.request_id, "served_at_utc": now_utc(), "snapshot": snapshot}
+
+
+def _disjoint(ranges: list[tuple[int, int]], *, touching: int) -> list[tuple[int, int]]:
+    """``ranges`` merged into disjoint ones, in order. Inclusive integer ranges (tiles) merge when
+    they touch (``touching=1``: [1, 3] and [4, 6] are [1, 6]); half-open (lo, hi] ranges (raw
+    timestamps) when they overlap or meet (``touching=0``)."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + touching:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def build_feature_plane(settings: Settings) -> FeaturePlane:
