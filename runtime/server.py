@@ -49,9 +49,9 @@ _PIPELINE_DEPTH = 16
 class Peer:
     """The connection a request arrived on, as its handler sees it (:func:`current_peer`).
 
-    ``gone`` turns true when the client closes (or resets) its side: it will send nothing more,
-    and may read nothing more either. A handler waiting for something (``wait_ms``) stops
-    waiting then and answers at once, so the connection's slot is freed without delay.
+    ``gone`` turns true when the client closes (or resets) its side — it will send nothing more,
+    and may read nothing more either — or when the server stops. A handler waiting for something
+    (``wait_ms``) stops waiting then and answers at once, so the slot is freed without delay.
     """
 
     __slots__ = ("_wake", "gone", "pending")
@@ -171,6 +171,7 @@ class LineServer:
         self._on_auth_failure = on_auth_failure
         self.connections = 0
         self.auth_failures = 0
+        self._peers: set[Peer] = set()  # of the connections being served
 
     async def _listen(self) -> Listener[Any]:
         if self._sock is None:
@@ -207,6 +208,8 @@ class LineServer:
         self._stop_accepting = True
         if self._accepting is not None:
             self._accepting.cancel()
+        for peer in list(self._peers):
+            peer.left()  # requests waiting for commits are answered now, as they stand
 
     async def _connection(self, stream: ByteStream) -> None:
         async with stream:
@@ -245,11 +248,8 @@ class LineServer:
                 with suppress(anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.BrokenResourceError,
                               anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
                     line = await BufferedByteReceiveStream(stream).receive_until(b"\n", self._max_line)
-            response = overloaded
-            if line is not None and _is_health(line):
-                response = await self._answer(line)
             with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
-                await self._reply(stream, response)
+                await self._answer_and_reply(stream, line if line is not None and _is_health(line) else overloaded)
         finally:
             self._reserved.release()
 
@@ -257,21 +257,27 @@ class LineServer:
         """Read requests and answer them in order, concurrently: a client that closes its side is
         seen at once, even while its requests wait (they stop waiting and are answered as they are)."""
         peer = Peer()
+        if self._stop_accepting:
+            peer.left()
+        self._peers.add(peer)
         _current_peer.set(peer)  # this connection's task only: each connection runs in its own context
-        send, receive = anyio.create_memory_object_stream[bytes | dict[str, Any]](_PIPELINE_DEPTH)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._read_requests, stream, send, peer)
-            async with receive:
-                async for item in receive:
-                    response = item if isinstance(item, dict) else await self._answer(item)
-                    peer.pending -= 1
-                    try:
-                        await self._reply(stream, response)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
-                        break  # the client has gone: nothing more to answer
-                    if response.get("code") == "UNAUTHORIZED":
-                        break  # a client that fails authentication gets no second try on this connection
-            tg.cancel_scope.cancel()
+        try:
+            send, receive = anyio.create_memory_object_stream[bytes | dict[str, Any]](_PIPELINE_DEPTH)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_requests, stream, send, peer)
+                async with receive:
+                    async for item in receive:
+                        try:
+                            response = await self._answer_and_reply(stream, item)
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+                            break  # the client has gone: nothing more to answer
+                        finally:
+                            peer.pending -= 1
+                        if response.get("code") == "UNAUTHORIZED":
+                            break  # a client that fails authentication gets no second try on this connection
+                tg.cancel_scope.cancel()
+        finally:
+            self._peers.discard(peer)
 
     async def _read_requests(self, stream: ByteStream, requests: Any, peer: Peer) -> None:
         """Split the byte stream into request lines (framing errors become their answers) until the
@@ -355,7 +361,6 @@ class LineServer:
                 return error_response("UNAUTHORIZED", "missing or wrong auth token", request_id=request_id)
         else:
             request.pop("auth", None)
-        self.in_flight += 1
         try:
             return await self._handler(request)
         except Exception:  # noqa: BLE001 - a handler bug, logged with its traceback and answered
@@ -363,6 +368,15 @@ class LineServer:
             # last resort for one it did not catch: answered for this request only, never the socket's end.
             log.exception("request handler failed", request_id=request_id if isinstance(request_id, str) else None)
             return error_response("INTERNAL_ERROR", "internal error", request_id=request_id)
+
+    async def _answer_and_reply(self, stream: ByteStream, item: bytes | dict[str, Any]) -> dict[str, Any]:
+        """Answer one request line (or send the answer a framing error already has) and write it;
+        counted in ``in_flight`` until written, so that a drain never cuts an answer off."""
+        self.in_flight += 1
+        try:
+            response = item if isinstance(item, dict) else await self._answer(item)
+            await self._reply(stream, response)
+            return response
         finally:
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None:

@@ -7,6 +7,7 @@ delivers SIGKILL to it as its parent dies). Process exits are awaited through pi
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -94,3 +95,30 @@ def test_a_killed_supervisor_leaves_no_worker_behind(tmp_path: Path) -> None:
         assert len(workers) == 2
         run.kill()  # SIGKILL: nothing of the supervisor runs after it
         assert all(_wait_exited(pid, GUARD_S) for pid in workers)
+
+
+def test_sigterm_answers_a_waiting_request_at_once_then_the_process_exits_cleanly(tmp_path: Path) -> None:
+    wait_ms = 600_000  # far beyond the socket's guard: only the stop can end this wait in time
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", query={"max_deadline_ms": wait_ms})
+    publish(tmp_path / "eb", list(context_events(1)), partitions=1)
+    run = CtxplaneProcess(config).start()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(GUARD_S)
+        sock.connect(str(tmp_path / "q.sock"))
+        sock.sendall(b'{"op": "basis"}\n')
+        assert json.loads(sock.recv(65536))["status"] == "OK"  # accepted and served by a worker
+        sock.sendall(json.dumps({"op": "resolve_flow_binding", "request_id": "w", "pins": PINS, "flow_id": "flow-later",
+                                 "wait_ms": wait_ms, "deadline_ms": wait_ms}).encode() + b"\n")
+        assert run.proc is not None
+        run.proc.send_signal(signal.SIGTERM)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            assert chunk, "the connection closed without an answer:\n" + "\n".join(run.lines[-25:])
+            data += chunk
+        answer = json.loads(data)
+        assert (answer["request_id"], answer["status"]) == ("w", "MISSING_BINDING")
+        assert run.wait(GUARD_S) == 0
+    finally:
+        run.kill()
