@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ctxplane.contracts.exceptions import ConfigError
+from ctxplane.contracts.yamlfile import YAMLError, load_yaml, yaml_problem
 
 __all__ = (
     "BusSettings",
@@ -294,11 +294,9 @@ def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | 
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{file}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+            loaded = load_yaml(text)
+        except YAMLError as exc:
+            raise ConfigError(f"{file}: {yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -338,8 +336,8 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 raise ConfigError(f"{name}: {key} is not a section")
             node = child
         try:
-            node[keys[-1]] = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
+            node[keys[-1]] = load_yaml(value) if value != "" else None
+        except YAMLError:
             node[keys[-1]] = value
 
 
