@@ -30,7 +30,8 @@ async def open_store(
 ) -> StoreBackend:
     """Connect to the store named by ``settings.dsn``.
 
-    ``inline_reads`` (SQLite): run reads on the caller's thread — for a loop dedicated to queries.
+    ``inline_reads`` (SQLite): a read-only store for a loop dedicated to queries: reads run on the
+    caller's thread, on connections that refuse writes (``PRAGMA query_only``).
     ``read_timeout_s`` (PostgreSQL): bound every read, connecting included; an unanswered read
     raises StoreUnavailable after that long (SQLite reads are local files: not needed there).
 

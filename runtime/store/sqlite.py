@@ -95,11 +95,17 @@ class SqliteStore(StoreBackend):
         self._reader_count = readers
         # Inline reads run on the calling event loop's thread: right for a loop that does nothing
         # but answer queries (a ~100 µs indexed read beats a thread hop), wrong for a shared loop.
+        # Such a store is read-only: no write connection, and its read connections refuse writes.
         self._inline_reads = inline_reads
         self._closed = False
 
     async def open(self) -> SqliteStore:
         try:
+            if self._inline_reads:
+                # A query loop only reads: its first read connection proves the store opens; it
+                # has no write connection at all.
+                self._readers.append(self._connect_reader())
+                return self
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = await anyio.to_thread.run_sync(
                 lambda: _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False)
@@ -111,6 +117,8 @@ class SqliteStore(StoreBackend):
         return self
 
     async def write(self, program: Program[T]) -> T:
+        if self._inline_reads:
+            raise StoreError("this sqlite store is read-only (it serves queries)")
         async with self._write_lock:
             conn = self._writer
             if conn is None or self._closed:
@@ -138,9 +146,7 @@ class SqliteStore(StoreBackend):
             conn = self._readers.pop() if self._readers else None
             try:
                 if conn is None:
-                    conn = await anyio.to_thread.run_sync(
-                        lambda: _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False)
-                    )
+                    conn = self._connect_reader() if self._inline_reads else await anyio.to_thread.run_sync(self._connect_reader)
                 if self._inline_reads:
                     result = self._read_sync(conn, program)
                 else:
@@ -154,6 +160,12 @@ class SqliteStore(StoreBackend):
             else:
                 self._readers.append(conn)
             return result
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False)
+        if self._inline_reads:
+            conn.execute("PRAGMA query_only=ON")  # a query loop's connections refuse every write
+        return conn
 
     @staticmethod
     def _read_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
