@@ -351,6 +351,9 @@ def invalid_join_answer(detail: str, request: Mapping[str, Any], request_id: str
         "request_id": request_id,
         "status": "INVALID_REQUEST",
         "reason_codes": [Reason.INVALID_REQUEST.value],
+        # Like every error answer of every op: a code, whether a retry can help, and why.
+        "code": Reason.INVALID_REQUEST.value,
+        "retryable": False,
         "detail": detail,
         "pins": pins,
         "resolved_at_utc": resolved_at,
