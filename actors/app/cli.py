@@ -88,7 +88,12 @@ def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
         return client.request(request)
 
 
+ERROR_STATUSES = frozenset({"ERROR", "INVALID_REQUEST", "UNAVAILABLE"})  # MISSING_* and CONFLICT are answers
+
+
 def cmd_query(args: argparse.Namespace) -> int:
+    """One request (printed indented) or NDJSON, one request a line (one answer a line, pipelined
+    on one connection). Exit 1 when any answer is an error, 0 otherwise."""
     settings = _settings(args)
     text = args.request
     if text == "-":
@@ -99,13 +104,33 @@ def cmd_query(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot read request file {text[1:]}: {exc.strerror}") from None
     try:
-        request = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise UsageError(f"REQUEST_JSON is not valid JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise UsageError("REQUEST_JSON must be a JSON object")
-    _print_json(_request_once(settings, request))
-    return 0
+        single = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        single = None
+    if isinstance(single, dict):
+        answer = _request_once(settings, single)
+        _print_json(answer)
+        return 1 if answer.get("status") in ERROR_STATUSES else 0
+    requests = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"request line {number} is not valid JSON: {exc}") from None
+        if not isinstance(request, dict):
+            raise UsageError(f"request line {number} must be a JSON object")
+        requests.append(request)
+    if not requests:
+        raise UsageError("no request given (REQUEST_JSON: a JSON object, @FILE, or - for NDJSON on stdin)")
+    from ctxplane.runtime.client import Client
+
+    with Client(settings.query.listen, auth_token=settings.query.auth_token) as client:
+        answers = client.request_many(requests)
+    for answer in answers:
+        sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    return 1 if any(answer.get("status") in ERROR_STATUSES for answer in answers) else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -142,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="drain every assigned partition, commit, exit 0")
     p.set_defaults(func=cmd_run)
     with_config("migrate", "apply pending schema migrations").set_defaults(func=cmd_migrate)
-    p = with_config("query", "send one request to the running query endpoint and print the answer")
-    p.add_argument("request", metavar="REQUEST_JSON", help="a JSON object, @FILE, or - for stdin")
+    p = with_config("query", "send requests to the running query endpoint and print the answers "
+                             "(exit 1 when any answer is an error)")
+    p.add_argument("request", metavar="REQUEST_JSON",
+                   help="a JSON object, @FILE, or - for stdin; a file or stdin may hold NDJSON, one request a line")
     p.set_defaults(func=cmd_query)
     p = with_config("status", "health, lag and basis per partition, from the running process")
     p.add_argument("--json", action="store_true", help="machine-readable output")
