@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting."""
 
     def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -156,6 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ctxplane", description="Decision-time context plane: join and feature projections served over a socket.")
+    parser.add_argument("--version", action="version", version=f"ctxplane {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -193,9 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        args = build_parser().parse_args(argv)
+        return version("ctxplane")
+    except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if not arguments:
+        build_parser().print_help(sys.stderr)
+        return 2
+    try:
+        args = build_parser().parse_args(arguments)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"ctxplane: {exc}", file=sys.stderr)

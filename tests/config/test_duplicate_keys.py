@@ -23,3 +23,4 @@ def test_the_same_key_in_two_sections_is_fine_and_merge_keys_still_work() -> Non
         "a": {"x": 1}, "b": {"x": 2}, "base": {"k": 1}, "c": {"k": 1, "m": 2}}
     with pytest.raises(YAMLError):
         load_yaml("a: 1\na: 2\n")
+
