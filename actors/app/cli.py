@@ -7,6 +7,7 @@ failure. Every user mistake is one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,6 +121,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdict(state: str, reasons: list[str]) -> str:
+    return f"{state} ({', '.join(reasons)})" if reasons else state
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    by = args.by or _operator()
+    answer = _request_once(settings, {"op": "health_ack", "by": by, "reason": args.reason})
+    if answer.get("status") != "OK":
+        print(f"ctxplane: acknowledgement refused: {answer.get('code')}: {answer.get('detail')}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(answer)
+        return 0
+    before, after, ack = answer["before"], answer["after"], answer["ack"]
+    print(f"acknowledged by {ack['by']} at {ack['acked_at_utc']}: "
+          f"{_verdict(before['state'], before['reasons'])} -> {_verdict(after['state'], after['reasons'])}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ctxplane.actors.operate.demo_workload import write_demo_bus
 
@@ -148,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("status", "health, lag and basis per partition, from the running process")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+    p = with_config("ack", "acknowledge the current health: counted signals (ledger rows, misses, restarts) count"
+                           " only what happens after now; audited in health_acks.jsonl beside the artifact")
+    p.add_argument("--reason", required=True, help="why (recorded with the acknowledgement)")
+    p.add_argument("--by", help="who acknowledges (default: USER@HOST)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_ack)
     p = with_config("digest", "print the semantic state digest of the store")
     p.add_argument("--ledger", action="store_true", help="digest the apply-failure ledger instead")
     p.set_defaults(func=cmd_digest)

@@ -29,9 +29,10 @@ from ctxplane.actors.ingest.partition import (
 )
 from ctxplane.actors.ingest.store_writer import StoreWriter, StoreWriterConfig
 from ctxplane.actors.resources import AppContext
-from ctxplane.actors.serve.health import HealthActor
+from ctxplane.actors.serve.health import HealthAckGate, HealthActor
 from ctxplane.actors.serve.query import QueryActor
 from ctxplane.contracts.classes import Plane
+from ctxplane.contracts.health import CounterWindow
 from ctxplane.contracts.intake import IntakeRules
 from ctxplane.runtime.exceptions import ActorNameTaken, BusError, SupervisorStopped
 from ctxplane.runtime.kernel import (
@@ -173,6 +174,8 @@ def build_root(app: AppContext) -> Supervisor:
         return CheckpointActor(store=app.read_store, bus=app.bus, scope=app.scope, partitions=dict(app.partitions))
 
     drill_gate = DrillGate.for_settings(s.drills.enabled, s.query, registry.ref(DRILLS))
+    ack_gate = HealthAckGate(registry.ref(HEALTH), local_or_authenticated=drill_gate.local_or_authenticated)
+    health_counters = CounterWindow()  # outlives restarts of the health actor
 
     def query() -> QueryActor:
         actor = QueryActor(
@@ -181,16 +184,17 @@ def build_root(app: AppContext) -> Supervisor:
             observer=app.observer, counts=app.query_counts, logging=s.logging,
         )
         actor.add_op("drill", drill_gate.handle)
+        actor.add_op("health_ack", ack_gate.handle)
         return actor
 
     def health() -> HealthActor:
         assert app.health_policy is not None
-        run_dir = s.run.platform_run_id or "any-run"
+        run_dir = s.health.artifact_root / (s.run.platform_run_id or "any-run")
         return HealthActor(
             policy=app.health_policy, checkpoint=registry.ref(CHECKPOINT), registry=registry, store=app.read_store,
             scope=app.scope, query_counts=app.query_counts, metrics=app.observer,
-            artifact_path=s.health.artifact_root / run_dir / "reconciliation.json",
-            artifact_interval_s=s.health.artifact_interval_s,
+            artifact_path=run_dir / "reconciliation.json", artifact_interval_s=s.health.artifact_interval_s,
+            counters=health_counters, acks_path=run_dir / "health_acks.jsonl",
         )
 
     children = [
