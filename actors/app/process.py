@@ -87,6 +87,7 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
                     partitions[(topic, partition)] = plane
             registry = Registry()
             metrics = Metrics(registry)
+            metrics.known_partitions(partitions)
             app = AppContext(
                 settings=settings, bus=bus, read_store=read_store, registry=registry,
                 progress=IngestProgress(set(partitions)), scope=scope_of(settings), partitions=partitions,

@@ -4,6 +4,11 @@ One :class:`Metrics` object per process: it is the kernel observer (states, rest
 the store-writer's commit observer, the query actor's latency observer, and — at scrape time — a
 collector over the actor registry (mailbox depth and capacity). Labels are planes, topics,
 partitions, reasons, ops, statuses and actor names: never event, flow or key ids.
+
+Counters with labels are pre-created at zero for every label set known at start-up (each partition's
+outcomes, each topic's ledger reasons; :meth:`Metrics.known_partitions`) and for partitions found
+later as soon as they are seen: a series that first appeared with its first burst (at 482, say)
+would never make ``increase()`` fire, since Prometheus has no earlier sample to compare with.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ctxplane.contracts.reasons import INTAKE_ORDER, Reason
 from ctxplane.runtime.kernel import ActorState, Registry
 
 __all__ = ("Metrics",)
@@ -23,6 +29,22 @@ __all__ = ("Metrics",)
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 _QUERY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5)
+
+# Intake outcomes per record (actors/ingest/apply.py), and the ledger reasons a running process can
+# record per plane (REPLAY_PINS_MISMATCH is recorded by `ctxplane replay` only).
+OUTCOMES = ("applied", "duplicate", "rejected", "ignored", "payload_hash_mismatch")
+_COMMON_REASONS = tuple(r for r in INTAKE_ORDER if r not in (Reason.REPLAY_PINS_MISMATCH, Reason.JOIN_KEY_MISSING,
+                                                            Reason.FLOW_ID_MISSING)) + (
+    Reason.INTAKE_PAYLOAD_HASH_MISMATCH, Reason.STORE_REJECTED)
+LEDGER_REASONS: dict[str, tuple[Reason, ...]] = {
+    "join": (*_COMMON_REASONS, Reason.JOIN_KEY_MISSING, Reason.FLOW_ID_MISSING, Reason.FLOW_BINDING_CONFLICT,
+             Reason.JOIN_FRAME_ROLE_CONFLICT, Reason.LATE_CONTEXT_EVENT),
+    "features": (*_COMMON_REASONS, Reason.LATE_TRAFFIC_EVENT),
+}
+
+
+def _kind(reason: str) -> str:
+    return "annotation" if reason.startswith("LATE_") else "hard"
 
 
 class _ActorCollector(Collector):
@@ -70,6 +92,22 @@ class Metrics:
                                     ["plane", "topic", "partition"], registry=r)
         self.health = Gauge("ctxplane_health_state", "0 GREEN, 1 AMBER, 2 RED", registry=r)
         r.register(_ActorCollector(actors))
+        self._known: set[tuple[str, str, int]] = set()  # (plane, topic, partition) with series at zero
+
+    # -- pre-created label sets -------------------------------------------------------------------
+
+    def known_partitions(self, partitions: dict[tuple[str, int], str]) -> None:
+        """Create every outcome and ledger-reason series of these partitions ((topic, partition) ->
+        plane) at zero, so that their first burst is an increase Prometheus can see."""
+        for (topic, partition), plane in partitions.items():
+            key = (plane, topic, partition)
+            if key in self._known:
+                continue
+            self._known.add(key)
+            for outcome in OUTCOMES:
+                self.events.labels(plane, topic, str(partition), outcome)
+            for reason in LEDGER_REASONS.get(plane, _COMMON_REASONS):
+                self.failures.labels(plane, topic, reason.value, _kind(reason))
 
     # -- kernel observer ------------------------------------------------------------------------
 
@@ -92,8 +130,7 @@ class Metrics:
         for (topic, partition, name), n in outcome.partition_counts.items():
             self.events.labels(plane_of.get((topic, partition), "?"), topic, str(partition), name).inc(n)
         for (plane, topic, _partition, reason), n in outcome.failures.items():
-            kind = "annotation" if reason.startswith("LATE_") else "hard"
-            self.failures.labels(plane, topic, reason, kind).inc(n)
+            self.failures.labels(plane, topic, reason, _kind(reason)).inc(n)
 
     def on_store_available(self, available: bool) -> None:
         self.store_is_available = available
@@ -109,6 +146,8 @@ class Metrics:
 
     def on_positions(self, partitions: list[dict[str, Any]]) -> None:
         now = time.time()
+        self.known_partitions({(p["topic"], p["partition"]): p["plane"] for p in partitions
+                               if (p["plane"], p["topic"], p["partition"]) not in self._known})
         for p in partitions:
             labels = (p["plane"], p["topic"], str(p["partition"]))
             if p.get("lag") is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def _scrape(port: int) -> dict[str, float]:
 def _sum(samples: dict[str, float], pattern: str) -> float:
     rx = re.compile(pattern)
     return sum(v for k, v in samples.items() if rx.fullmatch(k))
+
+
+def _series(name: str, **labels: str) -> str:
+    """A sample's name as the exposition writes it (labels sorted)."""
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
 def _workload(eb: Path) -> None:
@@ -131,3 +137,32 @@ def test_dsn_password_appears_nowhere(tmp_path: Path) -> None:
     result = ctxplane("migrate", "--config", str(bad))
     assert result.returncode == 1 and secret not in result.stderr + result.stdout
     assert "127.0.0.1" in result.stderr
+
+
+def test_known_counter_label_sets_are_exported_at_zero_from_start_up(tmp_path: Path) -> None:
+    # Prometheus' increase() needs a sample before the first burst: a counter series that first
+    # appears at 482 never fires CtxplaneHardApplyFailures (ops/prometheus/alerts_test.yml).
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"})
+    publish(tmp_path / "eb", context_events(1), partitions=2)
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        assert client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-1", "wait_ms": 5000})["status"] == "READY"
+        samples = _scrape(port)
+        anchors = "fp.bus.context.flow_anchor.fraud.v1"
+        assert samples[_series("ctxplane_apply_failures_total", plane="join", topic=anchors,
+                               reason="FLOW_BINDING_CONFLICT", kind="hard")] == 0
+        for partition in ("0", "1"):
+            for outcome in ("duplicate", "rejected", "ignored"):
+                name = _series("ctxplane_events_total", plane="join", topic=anchors, partition=partition, outcome=outcome)
+                assert samples[name] == 0, name
+        assert samples[_series("ctxplane_apply_failures_total", plane="join", topic=anchors,
+                               reason="LATE_CONTEXT_EVENT", kind="annotation")] == 0
+        # No label set that cannot happen: no feature-plane reason on a context topic.
+        assert not any('reason="LATE_TRAFFIC_EVENT"' in k and anchors in k for k in samples)
+        # The first conflict is an increase from the zero the series already had.
+        dup = envelope(ANCHOR_BASELINE[1], {"merchant_id": "m-2", "arrival_seq": 1, "flow_id": "flow-1-dup"}, eid="d" * 64)
+        publish(tmp_path / "eb", [(ANCHOR_BASELINE[0], dup)], partitions=2)
+        deadline = time.monotonic() + 30
+        while _sum(_scrape(port), r'ctxplane_apply_failures_total\{.*reason="FLOW_BINDING_CONFLICT".*\}') < 1:
+            assert time.monotonic() < deadline, "the conflict was not counted"
+            time.sleep(0.05)  # sync-ok: polling a condition with a deadline
