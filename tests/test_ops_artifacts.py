@@ -12,13 +12,21 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPORTED = {
-    "ctxplane_health_state", "ctxplane_store_available", "ctxplane_checkpoint_lag_records",
-    "ctxplane_checkpoint_age_seconds", "ctxplane_watermark_age_seconds", "ctxplane_actor_restarts_total",
-    "ctxplane_supervisor_escalations_total", "ctxplane_apply_failures_total", "ctxplane_query_seconds_bucket",
-    "ctxplane_query_seconds_count", "ctxplane_mailbox_depth", "ctxplane_mailbox_capacity", "ctxplane_events_total",
-    "ctxplane_commit_seconds_bucket",
-}
+
+
+def _exported() -> set[str]:
+    """Every sample name a process's /metrics can carry (from the Metrics object itself)."""
+    from ctxplane.actors.serve.metrics import Metrics
+    from ctxplane.runtime.kernel import Registry
+
+    names: set[str] = set()
+    for family in Metrics(Registry()).registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(family.type, ("",))
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+EXPORTED = _exported()
 
 
 def _metric_names(expr: str) -> set[str]:

@@ -232,7 +232,8 @@ class HealthActor(Actor):
         store_ok = store_ok and self._store_read_ok
         counts, recent, _anomalies = self._ledger
         watermarks = [parse_ts_us(p["watermark_ts_utc"]) for p in partitions if p.get("watermark_ts_utc")]
-        waiting = [p for p in partitions if p.get("lag")]
+        # Records wait on the bus: a positive lag (file bus), or a reader behind the shard's tip (Kinesis).
+        waiting = [p for p in partitions if p.get("lag") or p.get("behind_ms")]
         checkpoint_age = None
         if waiting:
             ages = [p["last_commit_age_s"] if p.get("last_commit_age_s") is not None else now - self._started_at

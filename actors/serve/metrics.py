@@ -90,6 +90,10 @@ class Metrics:
                                    ["plane", "topic", "partition"], registry=r)
         self.checkpoint_age = Gauge("ctxplane_checkpoint_age_seconds", "Seconds since the partition last committed",
                                     ["plane", "topic", "partition"], registry=r)
+        self.behind = Gauge("ctxplane_kinesis_millis_behind_latest",
+                            "MillisBehindLatest of the shard's last GetRecords (Kinesis only; absent while not read)",
+                            ["plane", "topic", "partition"], registry=r)
+        self._behind_labels: set[tuple[str, str, str]] = set()
         self.health = Gauge("ctxplane_health_state", "0 GREEN, 1 AMBER, 2 RED", registry=r)
         r.register(_ActorCollector(actors))
         self._known: set[tuple[str, str, int]] = set()  # (plane, topic, partition) with series at zero
@@ -156,6 +160,12 @@ class Metrics:
                 self.watermark_age.labels(*labels).set(now - p["watermark_us"] / 1e6)
             if p.get("last_commit_age_s") is not None:
                 self.checkpoint_age.labels(*labels).set(p["last_commit_age_s"])
+            if p.get("behind_ms") is not None:
+                self.behind.labels(*labels).set(p["behind_ms"])
+                self._behind_labels.add(labels)
+            elif labels in self._behind_labels:  # not read lately (e.g. its lease moved): no stale value
+                self.behind.remove(*labels)
+                self._behind_labels.discard(labels)
 
     def on_health(self, state: str) -> None:
         self.health.set({"GREEN": 0, "AMBER": 1, "RED": 2}.get(state, 2))
