@@ -80,3 +80,37 @@ def test_promtool_rule_tests_pass() -> None:
     result = subprocess.run([_promtool(), "test", "rules", str(ROOT / "ops/prometheus/alerts_test.yml")],  # type: ignore[list-item]
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_imports_into_any_grafana() -> None:
+    text = (ROOT / "ops/grafana/dashboard.json").read_text()
+    board = json.loads(text)
+    inputs = {i["name"] for i in board["__inputs"] if i["type"] == "datasource" and i["pluginId"] == "prometheus"}
+    assert inputs and set(re.findall(r"\$\{(DS_[A-Z_]+)\}", text)) <= inputs  # every placeholder is asked for
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    chosen = {"type": "prometheus", "uid": "${datasource}"}
+    assert variables["instance"]["datasource"] == chosen
+    for panel in board["panels"]:
+        assert panel["datasource"] == chosen and all(t["datasource"] == chosen for t in panel["targets"]), panel["title"]
+
+
+def test_sample_prometheus_config_scrapes_the_job_the_alerts_select() -> None:
+    config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
+    assert [ROOT / "ops/prometheus" / f for f in config["rule_files"]] == [ROOT / "ops/prometheus/alerts.yml"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert "ctxplane" in jobs
+    selectors = {m for rule in _alerts() for m in re.findall(r'job="([^"]+)"', str(rule["expr"]))}
+    assert selectors == {"ctxplane"}
+    # The profiles that expose metrics are the ports the sample scrapes.
+    targets = set(jobs["ctxplane"]["static_configs"][0]["targets"])
+    for profile in ("local", "postgres", "kinesis"):
+        listen = yaml.safe_load((ROOT / f"config/profiles/{profile}.yaml").read_text())["metrics"]["listen"]
+        assert listen in targets, profile
+
+
+@needs_promtool
+def test_promtool_accepts_the_sample_prometheus_config() -> None:
+    result = subprocess.run([_promtool(), "check", "config", str(ROOT / "ops/prometheus/prometheus.yml")],  # type: ignore[list-item]
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 import anyio
 import structlog
 
-from ctxplane.actors.app.tree import build_root
+from ctxplane.actors.app.tree import build_root, known_restarts
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.serve.metrics import Metrics
@@ -22,6 +22,20 @@ from ctxplane.runtime.kernel import Registry
 __all__ = ("open_bus", "run_process", "scope_of")
 
 log = structlog.get_logger("ctxplane.run")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ctxplane")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _features_policy(features: object) -> str:
+    policy = getattr(features, "policy", None)
+    return f"{policy.policy_id}@{policy.revision}" if policy is not None else "disabled"
 
 
 def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
@@ -101,6 +115,11 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
 
             app.features = build_feature_plane(settings) if settings.features.enabled else None
             root = build_root(app)
+            metrics.known_restarts(*known_restarts(app))
+            metrics.build_info(
+                version=_version(), health_policy=f"{app.health_policy.policy_id}@{app.health_policy.revision}",
+                features_policy=_features_policy(app.features), backend=settings.store.backend, bus=settings.bus.kind,
+            )
             tune_gc_for_ingest()
             log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
                      partitions=len(partitions), once=once)

@@ -21,7 +21,7 @@ import structlog
 
 from ctxplane.actors.drills.controller import DRILLS, DrillGate, drill_controller_spec
 from ctxplane.actors.ingest.checkpoint import CheckpointActor
-from ctxplane.actors.ingest.leases import assigner_spec, assignment_mode
+from ctxplane.actors.ingest.leases import ASSIGNER, assigner_spec, assignment_mode
 from ctxplane.actors.ingest.partition import (
     PartitionActor,
     PartitionConfig,
@@ -46,7 +46,7 @@ from ctxplane.runtime.kernel import (
 )
 from ctxplane.runtime.store import open_store
 
-__all__ = ("AppContext", "build_root", "partition_name")
+__all__ = ("AppContext", "build_root", "known_restarts", "partition_name")
 
 log = structlog.get_logger("ctxplane.tree")
 
@@ -150,6 +150,18 @@ def _partitions_supervisor(app: AppContext) -> Supervisor:
     holder.append(sup)
     app.supervisors["partitions"] = sup
     return sup
+
+
+def known_restarts(app: AppContext) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (supervisor, child) pairs whose restarts can be counted, and the supervisors that can
+    escalate, as far as they are known at start-up (for metrics pre-created at zero)."""
+    s = app.settings
+    root = [STORE_WRITER, CHECKPOINT, QUERY, "partitions", HEALTH] + ([DRILLS] if s.drills.enabled else [])
+    first = ASSIGNER if assignment_mode(s) != "static" else "discovery"
+    children = [("root", name) for name in root]
+    children += [("partitions", first)] + [("partitions", partition_name(t, p)) for t, p in sorted(app.partitions)]
+    children += [(QUERY, f"query-worker-{n}") for n in range(s.query.workers)]
+    return children, ["root", "partitions"]
 
 
 def build_root(app: AppContext) -> Supervisor:

@@ -8,7 +8,13 @@ partitions, reasons, ops, statuses and actor names: never event, flow or key ids
 Counters with labels are pre-created at zero for every label set known at start-up (each partition's
 outcomes, each topic's ledger reasons; :meth:`Metrics.known_partitions`) and for partitions found
 later as soon as they are seen: a series that first appeared with its first burst (at 482, say)
-would never make ``increase()`` fire, since Prometheus has no earlier sample to compare with.
+would never make ``increase()`` fire, since Prometheus has no earlier sample to compare with. The
+same holds for restarts and escalations (:meth:`Metrics.known_restarts`: every supervisor and child
+of the tree, the query workers ``query-worker-N`` included).
+
+Besides its own metrics the registry carries the standard process (``process_*``: CPU, memory, file
+descriptors) and Python (``python_info``, ``python_gc_*``) collectors and ``ctxplane_build_info``;
+counters export no ``_created`` series.
 """
 
 from __future__ import annotations
@@ -17,7 +23,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -66,8 +81,13 @@ class _ActorCollector(Collector):
 
 class Metrics:
     def __init__(self, actors: Registry) -> None:
+        disable_created_metrics()  # no ctxplane_*_created series: noise, and a cardinality doubling
         self.registry = CollectorRegistry()
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        self.build = Gauge("ctxplane_build_info", "Always 1: the version, policy revisions, store backend and bus",
+                           ["version", "health_policy", "features_policy", "backend", "bus"], registry=r)
         self.events = Counter("ctxplane_events", "Records by intake outcome", ["plane", "topic", "partition", "outcome"], registry=r)
         self.failures = Counter("ctxplane_apply_failures", "Ledger rows by reason; kind=hard|annotation",
                                 ["plane", "topic", "reason", "kind"], registry=r)
@@ -98,7 +118,20 @@ class Metrics:
         r.register(_ActorCollector(actors))
         self._known: set[tuple[str, str, int]] = set()  # (plane, topic, partition) with series at zero
 
+    def build_info(self, *, version: str, health_policy: str, features_policy: str, backend: str, bus: str) -> None:
+        """Set ``ctxplane_build_info`` (one series, value 1); policies as ``policy_id@revision``."""
+        self.build.clear()
+        self.build.labels(version, health_policy, features_policy, backend, bus).set(1)
+
     # -- pre-created label sets -------------------------------------------------------------------
+
+    def known_restarts(self, children: list[tuple[str, str]], supervisors: list[str]) -> None:
+        """Create the restart series of these (supervisor, child) pairs and the escalation series of
+        these supervisors at zero (``CtxplaneRestartStorm`` / ``CtxplaneEscalation`` use increase())."""
+        for supervisor, child in children:
+            self.restarts.labels(supervisor, child)
+        for supervisor in supervisors:
+            self.escalations.labels(supervisor)
 
     def known_partitions(self, partitions: dict[tuple[str, int], str]) -> None:
         """Create every outcome and ledger-reason series of these partitions ((topic, partition) ->

@@ -166,3 +166,30 @@ def test_known_counter_label_sets_are_exported_at_zero_from_start_up(tmp_path: P
         while _sum(_scrape(port), r'ctxplane_apply_failures_total\{.*reason="FLOW_BINDING_CONFLICT".*\}') < 1:
             assert time.monotonic() < deadline, "the conflict was not counted"
             time.sleep(0.05)  # sync-ok: polling a condition with a deadline
+
+
+def test_standard_collectors_build_info_restart_series_and_no_created_series(tmp_path: Path) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"},
+                          query={"workers": 2})
+    publish(tmp_path / "eb", context_events(1), partitions=1)
+    with CtxplaneProcess(config):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["process_resident_memory_bytes"] > 0 and samples["process_open_fds"] > 0
+    assert any(k.startswith("python_info{") for k in samples) and any(k.startswith("python_gc_") for k in samples)
+    from importlib.metadata import version
+
+    build = [k for k in samples if k.startswith("ctxplane_build_info{")]
+    assert build == [_series("ctxplane_build_info", version=version("ctxplane"), backend="sqlite", bus="file",
+                             health_policy="ctxplane.observability.v0@r2", features_policy="ofp.features.v0@r1")]
+    assert samples[build[0]] == 1
+    assert not [k for k in samples if "_created" in k]
+    # Every restart and escalation series the alerts use exists at zero from start-up.
+    for supervisor, child in [("root", "store-writer"), ("root", "query"), ("root", "partitions"), ("root", "health"),
+                              ("partitions", "discovery"), ("partitions", "partition:fp.bus.context.arrival_events.v1:0"),
+                              ("query", "query-worker-0"), ("query", "query-worker-1")]:
+        assert samples[_series("ctxplane_actor_restarts_total", supervisor=supervisor, child=child)] == 0, child
+    assert samples[_series("ctxplane_supervisor_escalations_total", supervisor="root")] == 0
+    assert samples[_series("ctxplane_supervisor_escalations_total", supervisor="partitions")] == 0
