@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import anyio
+import orjson
 import structlog
 
 from ctxplane.actors.app.tree import build_root, known_restarts
@@ -39,14 +40,49 @@ def _features_policy(features: object) -> str:
 
 
 def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
-    """Expose /metrics on ``listen`` (HOST:PORT); returns the function that stops the server."""
-    from prometheus_client import start_http_server
+    """Serve the probes and metrics on ``listen`` (HOST:PORT); returns the function that stops the server.
+
+    ``/metrics``: Prometheus exposition (OpenMetrics when asked for). ``/healthz``: 200 while the
+    process runs (liveness). ``/readyz``: 200 when the store is reachable and partitions are assigned,
+    503 otherwise, with a JSON body saying why (:meth:`Metrics.readiness`). Anything else: 404.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client.exposition import choose_encoder
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                self._answer(200, content_type, encoder(metrics.registry))
+            elif path == "/healthz":
+                self._answer(200, "text/plain; charset=utf-8", b"ok\n")
+            elif path == "/readyz":
+                ready, detail = metrics.readiness()
+                self._answer(200 if ready else 503, "application/json", orjson.dumps(detail) + b"\n")
+            else:
+                self._answer(404, "text/plain; charset=utf-8", b"not found: /metrics, /healthz, /readyz\n")
+
+        def _answer(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not log lines
+            return
 
     host, _, port = listen.rpartition(":")
     try:
-        server, thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+        server = ThreadingHTTPServer((host, int(port)), Handler)
     except (OSError, ValueError) as exc:
         raise UsageError(f"metrics.listen: cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}") from None
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
 
     def stop() -> None:
         server.shutdown()

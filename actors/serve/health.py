@@ -269,6 +269,9 @@ class HealthActor(Actor):
         if self._metrics is not None:
             self._metrics.on_positions(partitions)
             self._metrics.on_health(health["state"])
+            # /readyz: the store answers, and this process runs partition actors (leases: holds some).
+            running = sum(1 for a in actors if a.name.startswith("partition:") and a.state.value == "running")
+            self._metrics.on_readiness(store_available=store_ok, partitions_assigned=running, checked_at_utc=now_utc())
         for p in partitions:
             p.pop("watermark_us", None)
         ack = {k: v for k, v in self._ack.items() if k != "acked_at_us"} if self._ack else None

@@ -58,6 +58,10 @@ LEDGER_REASONS: dict[str, tuple[Reason, ...]] = {
 }
 
 
+# /readyz turns 503 when the health actor's verdict is older than this (it refreshes every second).
+READY_STALE_S = 30.0
+
+
 def _kind(reason: str) -> str:
     return "annotation" if reason.startswith("LATE_") else "hard"
 
@@ -117,6 +121,32 @@ class Metrics:
         self.health = Gauge("ctxplane_health_state", "0 GREEN, 1 AMBER, 2 RED", registry=r)
         r.register(_ActorCollector(actors))
         self._known: set[tuple[str, str, int]] = set()  # (plane, topic, partition) with series at zero
+        # The readiness verdict of the health actor's last refresh: (store ok, partitions assigned,
+        # checked at (monotonic), checked at (UTC)); read by the HTTP thread (one tuple: no torn read).
+        self._ready: tuple[bool, int, float, str] | None = None
+
+    # -- probes -----------------------------------------------------------------------------------
+
+    def on_readiness(self, *, store_available: bool, partitions_assigned: int, checked_at_utc: str) -> None:
+        self._ready = (store_available, partitions_assigned, time.monotonic(), checked_at_utc)
+
+    def readiness(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """``/readyz``: ready when the store is reachable and this process has partitions assigned,
+        as of the health actor's last refresh (every second); not ready before the first one, or when
+        none came for ``READY_STALE_S`` (the event loop is stuck)."""
+        verdict = self._ready
+        if verdict is None:
+            return False, {"ready": False, "reasons": ["STARTING"]}
+        store_ok, assigned, at, at_utc = verdict
+        reasons = []
+        if (time.monotonic() if now is None else now) - at > READY_STALE_S:
+            reasons.append("HEALTH_NOT_REFRESHED")
+        if not store_ok:
+            reasons.append("STORE_UNAVAILABLE")
+        if assigned == 0:
+            reasons.append("NO_PARTITIONS_ASSIGNED")
+        return not reasons, {"ready": not reasons, "reasons": reasons, "store_available": store_ok,
+                             "partitions_assigned": assigned, "checked_at_utc": at_utc}
 
     def build_info(self, *, version: str, health_policy: str, features_policy: str, backend: str, bus: str) -> None:
         """Set ``ctxplane_build_info`` (one series, value 1); policies as ``policy_id@revision``."""

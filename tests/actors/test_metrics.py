@@ -37,3 +37,20 @@ def test_a_partition_seen_later_gets_its_counter_series_at_zero() -> None:
     text = _text(metrics)
     assert 'ctxplane_events_total{outcome="applied",partition="3",plane="join",topic="t"} 0.0' in text
     assert 'ctxplane_apply_failures_total{kind="hard",plane="join",reason="FLOW_BINDING_CONFLICT",topic="t"} 0.0' in text
+
+
+def test_readiness_needs_a_fresh_verdict_a_store_and_partitions() -> None:
+    import time
+
+    from ctxplane.actors.serve.metrics import READY_STALE_S
+
+    metrics = Metrics(Registry())
+    assert metrics.readiness() == (False, {"ready": False, "reasons": ["STARTING"]})
+    metrics.on_readiness(store_available=True, partitions_assigned=4, checked_at_utc="2026-12-02T00:00:00.000000Z")
+    ready, detail = metrics.readiness()
+    assert ready and detail["partitions_assigned"] == 4 and detail["reasons"] == []
+    assert metrics.readiness(now=time.monotonic() + READY_STALE_S + 1)[1]["reasons"] == ["HEALTH_NOT_REFRESHED"]
+    metrics.on_readiness(store_available=False, partitions_assigned=0, checked_at_utc="2026-12-02T00:00:01.000000Z")
+    assert metrics.readiness() == (False, {"ready": False, "reasons": ["STORE_UNAVAILABLE", "NO_PARTITIONS_ASSIGNED"],
+                                           "store_available": False, "partitions_assigned": 0,
+                                           "checked_at_utc": "2026-12-02T00:00:01.000000Z"})

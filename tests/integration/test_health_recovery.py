@@ -141,3 +141,32 @@ def _hours_ago(hours: float) -> str:
     from ctxplane.contracts.timestamps import format_ts_us
 
     return format_ts_us(parse_ts_us(now_utc()) - int(hours * 3600 * 1_000_000))
+
+
+def test_status_check_exits_by_the_state_for_probes_and_scripts(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}")
+    nobody = ctxplane("status", "--config", str(config), "--check")
+    assert nobody.returncode == 1  # no process answered: not 0 either
+    _storm(tmp_path / "eb", _now_offset_s())
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        _caught_up(client)
+        for extra in ((), ("--fail-on", "red"), ("--fail-on", "amber")):
+            red = ctxplane("status", "--config", str(config), "--check", *extra)
+            assert (red.returncode, red.stdout) == (4, "RED: APPLY_FAILURES_RED, BINDING_CONFLICTS_RED\n"), extra
+        machine = ctxplane("status", "--config", str(config), "--check", "--json")
+        assert machine.returncode == 4 and json.loads(machine.stdout)["health"]["state"] == "RED"
+        assert ctxplane("status", "--config", str(config)).returncode == 0  # the table alone is not a check
+        assert ctxplane("ack", "--config", str(config), "--reason", "seen").returncode == 0
+        green = ctxplane("status", "--config", str(config), "--check")
+        assert (green.returncode, green.stdout) == (0, "GREEN\n")
+    # AMBER: exit 3, unless the probe only fails on RED.
+    (tmp_path / "old").mkdir()
+    old = write_config(tmp_path / "old", f"sqlite:///{tmp_path / 'old' / 'store.sqlite'}")
+    publish(tmp_path / "old" / "eb", context_events(1), partitions=1)  # February event times: a replay advisory
+    with CtxplaneProcess(old), Client(f"unix:{tmp_path / 'old' / 'q.sock'}") as client:
+        assert client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-1", "wait_ms": 20_000})["status"] == "READY"
+        amber = ctxplane("status", "--config", str(old), "--check")
+        assert (amber.returncode, amber.stdout) == (3, "AMBER: WATERMARK_REPLAY_ADVISORY\n")
+        assert ctxplane("status", "--config", str(old), "--check", "--fail-on", "red").returncode == 0
+    bad = ctxplane("status", "--config", str(old), "--check", "--fail-on", "green")
+    assert bad.returncode == 2

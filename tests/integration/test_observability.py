@@ -193,3 +193,46 @@ def test_standard_collectors_build_info_restart_series_and_no_created_series(tmp
         assert samples[_series("ctxplane_actor_restarts_total", supervisor=supervisor, child=child)] == 0, child
     assert samples[_series("ctxplane_supervisor_escalations_total", supervisor="root")] == 0
     assert samples[_series("ctxplane_supervisor_escalations_total", supervisor="partitions")] == 0
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_metrics_port_serves_metrics_liveness_and_readiness_and_nothing_else(tmp_path: Path) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"})
+    publish(tmp_path / "eb", context_events(1), partitions=2)
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        client.request({"op": "health"})  # the health actor has refreshed at least once
+        status, body = _get(port, "/metrics")
+        assert status == 200 and "ctxplane_health_state" in body
+        assert _get(port, "/healthz") == (200, "ok\n")
+        deadline = time.monotonic() + 30
+        while (ready := _get(port, "/readyz"))[0] != 200:  # the partition actors start after the query actor
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.05)  # sync-ok: polling a condition with a deadline
+        detail = json.loads(ready[1])
+        assert detail["ready"] is True and detail["store_available"] is True and detail["reasons"] == []
+        assert detail["partitions_assigned"] == 6  # three context topics with two partitions each
+        for path in ("/", "/metricsx", "/ready", "/healthz/x"):
+            assert _get(port, path)[0] == 404, path
+
+
+def test_readyz_is_503_with_the_reason_while_no_partition_is_assigned(tmp_path: Path) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"})
+    (tmp_path / "eb").mkdir()  # no topic exists on the bus: nothing to read
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        client.request({"op": "health"})
+        status, body = _get(port, "/readyz")
+        assert status == 503
+        detail = json.loads(body)
+        assert detail["ready"] is False and detail["reasons"] == ["NO_PARTITIONS_ASSIGNED"]
+        assert _get(port, "/healthz")[0] == 200  # alive all the same: not a reason to restart it
