@@ -7,6 +7,7 @@ failure. Every user mistake is one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,12 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_deadline_ms(settings: Any) -> int:
+    """The deadline of the operator's `status` / `ack` requests: 5 s (capped by query.max_deadline_ms),
+    so a loaded machine answers the health actor's state rather than HEALTH_UNAVAILABLE after 0.8 s."""
+    return int(min(5000, settings.query.max_deadline_ms))
+
+
 def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
     from ctxplane.runtime.client import Client
 
@@ -133,15 +140,59 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 1 if any(answer.get("status") in ERROR_STATUSES for answer in answers) else 0
 
 
+# `status --check`: the exit code says the state (0 below --fail-on; 3 AMBER, 4 RED at or above it).
+STATUS_EXIT = {"AMBER": 3, "RED": 4}
+_RANK = {"GREEN": 0, "AMBER": 1, "RED": 2}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    answer = _request_once(settings, {"op": "health"})
+    answer = _request_once(settings, {"op": "health", "deadline_ms": _operator_deadline_ms(settings)})
+    health = answer.get("health", {})
+    state = health.get("state", "RED")
+    if args.json:
+        _print_json(answer)
+    elif args.check:
+        reasons = health.get("reasons", [])
+        print(f"{state}: {', '.join(reasons)}" if reasons else state)
+    else:
+        from ctxplane.actors.app.status_view import render_status
+
+        print(render_status(answer))
+    if args.check and _RANK.get(state, 2) >= _RANK[args.fail_on.upper()]:
+        return STATUS_EXIT.get(state, STATUS_EXIT["RED"])
+    return 0
+
+
+def _verdict(state: str, reasons: list[str]) -> str:
+    return f"{state} ({', '.join(reasons)})" if reasons else state
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    by = args.by or _operator()
+    answer = _request_once(settings, {"op": "health_ack", "by": by, "reason": args.reason,
+                                      "deadline_ms": _operator_deadline_ms(settings)})
+    if answer.get("status") != "OK":
+        print(f"ctxplane: acknowledgement refused: {answer.get('code')}: {answer.get('detail')}", file=sys.stderr)
+        return 1
     if args.json:
         _print_json(answer)
         return 0
-    from ctxplane.actors.app.status_view import render_status
-
-    print(render_status(answer))
+    before, after, ack = answer["before"], answer["after"], answer["ack"]
+    print(f"acknowledged by {ack['by']} at {ack['acked_at_utc']}: "
+          f"{_verdict(before['state'], before['reasons'])} -> {_verdict(after['state'], after['reasons'])}")
     return 0
 
 
@@ -175,7 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_query)
     p = with_config("status", "health, lag and basis per partition, from the running process")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true",
+                   help="for probes and scripts: print one line (GREEN, or STATE: REASONS) and exit by the state:"
+                        " 0 below --fail-on, 3 AMBER, 4 RED; 1 when no process answered")
+    p.add_argument("--fail-on", choices=("amber", "red"), default="amber",
+                   help="with --check: the state from which the exit code is not 0 (default amber)")
     p.set_defaults(func=cmd_status)
+    p = with_config("ack", "acknowledge the current health: counted signals (ledger rows, misses, restarts) count"
+                           " only what happens after now; audited in health_acks.jsonl beside the artifact")
+    p.add_argument("--reason", required=True, help="why (recorded with the acknowledgement)")
+    p.add_argument("--by", help="who acknowledges (default: USER@HOST)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_ack)
     p = with_config("digest", "print the semantic state digest of the store")
     p.add_argument("--ledger", action="store_true", help="digest the apply-failure ledger instead")
     p.set_defaults(func=cmd_digest)

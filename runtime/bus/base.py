@@ -198,6 +198,12 @@ class EventBus(abc.ABC):
         bus's positions are not contiguous counts (Kinesis sequence numbers)."""
         return None
 
+    def behind_latest_ms(self, topic: str, partition: int) -> int | None:
+        """How far this process's reader of the partition is behind its newest record, in
+        milliseconds, as the bus last said (Kinesis: ``MillisBehindLatest``), or ``None`` when the
+        bus does not say or nothing was read lately. No I/O."""
+        return None
+
     async def __aenter__(self) -> Self:
         return self
 
