@@ -238,7 +238,7 @@ def outcome(classify: Any, source: SourceRef, raw: bytes) -> tuple[Any, ...]:
     return ("verdict", verdict, repr(verdict))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(rules=st.sampled_from(RULES), data=st.data())
 def test_fast_path_gives_the_reference_verdict(rules: IntakeRules, data: st.DataObject) -> None:
     stream = data.draw(st.lists(records(rules.plane), min_size=1, max_size=12))
@@ -247,7 +247,7 @@ def test_fast_path_gives_the_reference_verdict(rules: IntakeRules, data: st.Data
         assert outcome(fast.classify, source, raw) == outcome(rules.classify, source, raw), raw
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(rules=st.sampled_from(RULES[:4]), data=st.data())
 def test_a_record_repeated_is_answered_alike_by_both_paths(rules: IntakeRules, data: st.DataObject) -> None:
     # Once its run is known the fast path answers it: every record again, in another order.
@@ -364,6 +364,15 @@ def test_near_misses_of_a_known_run_are_the_reference_paths(raw: bytes) -> None:
         assert type(fast.classify(source, _line(known))) is Accepted
     assert fast.fast_verdicts == 1  # the run, the minute and the hash frame are known
     assert outcome(fast.classify, source, raw) == outcome(rules.classify, source, raw)
+
+
+def test_a_known_run_on_a_topic_not_allowed_is_the_reference_paths() -> None:
+    rules = RULES[0]
+    fast = FastIntake(rules)
+    for topic in (ARRIVAL[0], ARRIVAL[0], TRAFFIC_FRAUD[0], "fp.bus.other"):
+        source = SourceRef(topic, 0, "0", "file_line")
+        assert outcome(fast.classify, source, _line(_BASE)) == outcome(rules.classify, source, _line(_BASE))
+    assert fast.fast_verdicts == 1
 
 
 def test_the_decoder_knows_exactly_the_envelope_fields() -> None:
