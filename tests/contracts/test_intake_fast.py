@@ -5,7 +5,7 @@ same payload hash), the same Rejected (reason and details), the same Ignored, or
 Records are generated valid and then broken on purpose — missing, duplicated, escaped and extra keys,
 wrong types, integers beyond 64 bits, odd number spellings, unicode and NUL, nested payloads, bad
 timestamps, other wrappers, junk bytes — and classified in sequence by one FastIntake, so what it
-learns from one record (a run's identity, a minute, a hash frame) is exercised on the next ones.
+learns from one record (a run's identity, a minute) is exercised on the next ones.
 """
 
 from __future__ import annotations
@@ -362,7 +362,7 @@ def test_near_misses_of_a_known_run_are_the_reference_paths(raw: bytes) -> None:
     source = SourceRef(ARRIVAL[0], 0, "0", "file_line")
     for known in (_BASE, _INT_RUN, _BASE):
         assert type(fast.classify(source, _line(known))) is Accepted
-    assert fast.fast_verdicts == 1  # the run, the minute and the hash frame are known
+    assert fast.fast_verdicts == 1  # the run and the minute are known
     assert outcome(fast.classify, source, raw) == outcome(rules.classify, source, raw)
 
 
