@@ -8,6 +8,7 @@ agreement; the hot path never builds a model per event.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -20,6 +21,7 @@ __all__ = (
     "ContextPins",
     "Envelope",
     "envelope_error",
+    "field_check",
     "pins_error",
 )
 
@@ -156,6 +158,15 @@ def envelope_error(envelope: dict[str, Any]) -> str | None:
     if not known and hashable and len(_valid_pin_groups) < 1024:
         _valid_pin_groups.add(group)
     return None
+
+
+def field_check(name: str) -> Callable[[object], bool]:
+    """The format check :func:`envelope_error` applies to a present, non-null field ``name``.
+
+    For checkers that hold the envelope in another shape (contracts/intake_fast.py): one table of
+    formats, whichever path reads the event.
+    """
+    return _CHECKS[name][1]
 
 
 def pins_error(pins: object) -> str | None:
