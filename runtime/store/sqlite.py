@@ -10,6 +10,8 @@ the writer).
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,10 +67,32 @@ def _classify(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"sqlite store error: {exc}")
 
 
-def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: bool) -> sqlite3.Connection:
+class _Connection(sqlite3.Connection):
+    """A connection that is never closed while a thread uses it.
+
+    ``in_use`` is held by the thread that runs a transaction on it and by the one that closes it.
+    Closing a sqlite3 connection while another thread is inside a statement is a use-after-free
+    (a segfault), which a cancellation delivered from outside anyio (asyncio's own Ctrl-C
+    handling) once made possible: the wait for the worker thread was abandoned and the clean-up
+    closed the connection under it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_use = threading.Lock()
+
+
+def _close(connections: Iterable[_Connection]) -> None:
+    """Close ``connections`` (in a worker thread), each once no thread uses it any more."""
+    for conn in connections:
+        with conn.in_use:
+            conn.close()
+
+
+def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: bool) -> _Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(
-        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s, factory=_Connection
     )
     if not readonly:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -88,9 +112,9 @@ class SqliteStore(StoreBackend):
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
-        self._writer: sqlite3.Connection | None = None
+        self._writer: _Connection | None = None
         self._write_lock = anyio.Lock()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[_Connection] = []
         self._reader_slots = anyio.Semaphore(readers)
         self._reader_count = readers
         # Inline reads run on the calling event loop's thread: right for a loop that does nothing
@@ -126,20 +150,21 @@ class SqliteStore(StoreBackend):
             return await anyio.to_thread.run_sync(self._write_sync, conn, program)
 
     @staticmethod
-    def _write_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+    def _write_sync(conn: _Connection, program: Program[T]) -> T:
+        with conn.in_use:
             try:
-                result = run_program_sync(conn, program)
-            except BaseException:  # any failure, cancellation included: roll back, then re-raise
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise _classify(exc) from exc
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = run_program_sync(conn, program)
+                except BaseException:  # any failure, cancellation included: roll back, then re-raise
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise _classify(exc) from exc
 
     async def read(self, program: Program[T]) -> T:
         async with self._reader_slots:
@@ -153,10 +178,11 @@ class SqliteStore(StoreBackend):
                     result = await anyio.to_thread.run_sync(self._read_sync, conn, program)
             except BaseException:  # a connection that failed mid-read is not reused; re-raise
                 if conn is not None:
-                    conn.close()
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(_close, (conn,))
                 raise
             if self._closed:
-                conn.close()
+                await anyio.to_thread.run_sync(_close, (conn,))
             else:
                 self._readers.append(conn)
             return result
@@ -168,25 +194,30 @@ class SqliteStore(StoreBackend):
         return conn
 
     @staticmethod
-    def _read_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
-        try:
-            conn.execute("BEGIN")
+    def _read_sync(conn: _Connection, program: Program[T]) -> T:
+        with conn.in_use:
             try:
-                return run_program_sync(conn, program)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _classify(exc) from exc
+                conn.execute("BEGIN")
+                try:
+                    return run_program_sync(conn, program)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _classify(exc) from exc
 
     async def aclose(self) -> None:
+        """Close every connection, in a worker thread, each once its transaction (if any) ended.
+
+        Idempotent. Shielded: a cancelled caller still closes everything (closing the writer
+        checkpoints the WAL, which must not be cut short either)."""
         self._closed = True
-        async with self._write_lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-        for conn in self._readers:
-            conn.close()
-        self._readers.clear()
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                writer, self._writer = self._writer, None
+            readers, self._readers = self._readers, []
+            connections = [c for c in (writer, *readers) if c is not None]
+            if connections:
+                await anyio.to_thread.run_sync(_close, connections)
 
 
 async def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_s: float = 5.0, readers: int = 4,
@@ -199,7 +230,13 @@ class SqliteLock:
     """An exclusive advisory lock next to the database: SQLite deployments are single-process.
 
     A second ``ctxplane run`` on the same database would interleave two writers' checkpoints; the
-    lock makes it refuse clearly instead. The OS drops the lock when the process dies (even kill -9).
+    lock makes it refuse clearly instead. The OS drops the lock when the process dies (even kill -9,
+    which leaves the file behind: harmless, the next process takes the lock on it).
+
+    :meth:`release` removes the file while still holding the lock. So that a process which opened
+    the file just before it was removed cannot then hold a lock on a deleted file while a third
+    locks a new one, :meth:`acquire` checks after locking that the path still names the file it
+    locked, and starts again if not.
     """
 
     def __init__(self, db_path: Path) -> None:
@@ -211,20 +248,33 @@ class SqliteLock:
         import os
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(
-                f"another ctxplane process is running on {self.path.with_suffix('')}; "
-                "SQLite deployments are single-process (use PostgreSQL to run several)"
-            ) from None
-        self._fd = fd
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreError(
+                    f"another ctxplane process is running on {self.path.with_suffix('')}; "
+                    "SQLite deployments are single-process (use PostgreSQL to run several)"
+                ) from None
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            locked = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (locked.st_dev, locked.st_ino):
+                self._fd = fd
+                return
+            os.close(fd)  # removed (or replaced) by its previous holder's release: lock the new file
 
     def release(self) -> None:
         import os
 
         if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
             os.close(self._fd)
             self._fd = None
