@@ -416,7 +416,8 @@ async def _produce(
                     # window's end; such records belong to the next window, not this one.
                     if int(record.offset) >= window.stop:
                         break
-                    verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw)
+                    verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind),
+                                       record.raw, record.full_size)
                     if type(verdict) is Accepted:
                         ts = verdict.ts_us
                         if watermark is not None and ts < watermark - allowed:

@@ -27,6 +27,10 @@ __all__ = ("SqliteStore", "open_sqlite", "run_program_sync")
 
 T = TypeVar("T")
 
+# Per-connection memory bounds (config store.sqlite_cache_mb / sqlite_mmap_mb; see config/settings.py).
+DEFAULT_CACHE_MB = 32
+DEFAULT_MMAP_MB = 0
+
 # Errors that mean "the database is not usable right now" rather than "this program is wrong".
 _UNAVAILABLE_MARKERS = ("locked", "busy", "disk i/o", "unable to open", "readonly", "disk is full")
 
@@ -89,7 +93,8 @@ def _close(connections: Iterable[_Connection]) -> None:
             conn.close()
 
 
-def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: bool) -> _Connection:
+def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: bool, cache_mb: int,
+             mmap_mb: int) -> _Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(
         uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s, factory=_Connection
@@ -98,8 +103,8 @@ def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: b
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA cache_size=-131072")
-    conn.execute("PRAGMA mmap_size=1073741824")
+    conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")  # negative: KiB
+    conn.execute(f"PRAGMA mmap_size={mmap_mb * 1024 * 1024}")
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
@@ -108,8 +113,9 @@ class SqliteStore(StoreBackend):
     dialect = SQLITE
 
     def __init__(self, path: Path, *, synchronous: str, busy_timeout_s: float, readers: int,
-                 inline_reads: bool = False) -> None:
+                 inline_reads: bool = False, cache_mb: int = DEFAULT_CACHE_MB, mmap_mb: int = DEFAULT_MMAP_MB) -> None:
         self.path = path
+        self._memory = {"cache_mb": cache_mb, "mmap_mb": mmap_mb}
         self._synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
         self._writer: _Connection | None = None
@@ -132,7 +138,8 @@ class SqliteStore(StoreBackend):
                 return self
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = await anyio.to_thread.run_sync(
-                lambda: _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False)
+                lambda: _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False,
+                                 **self._memory)
             )
         except OSError as exc:
             raise StoreUnavailable(f"cannot open sqlite store {self.path}: {exc.strerror or exc}") from None
@@ -187,8 +194,9 @@ class SqliteStore(StoreBackend):
                 self._readers.append(conn)
             return result
 
-    def _connect_reader(self) -> sqlite3.Connection:
-        conn = _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False)
+    def _connect_reader(self) -> _Connection:
+        conn = _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False,
+                        **self._memory)
         if self._inline_reads:
             conn.execute("PRAGMA query_only=ON")  # a query loop's connections refuse every write
         return conn
@@ -221,9 +229,12 @@ class SqliteStore(StoreBackend):
 
 
 async def open_sqlite(path: Path, *, synchronous: str = "FULL", busy_timeout_s: float = 5.0, readers: int = 4,
-                      inline_reads: bool = False) -> SqliteStore:
+                      inline_reads: bool = False, cache_mb: int = DEFAULT_CACHE_MB,
+                      mmap_mb: int = DEFAULT_MMAP_MB) -> SqliteStore:
+    """Open the store; ``cache_mb`` / ``mmap_mb`` bound each connection's page cache and memory map
+    (config ``store.sqlite_cache_mb`` / ``store.sqlite_mmap_mb``)."""
     return await SqliteStore(path, synchronous=synchronous, busy_timeout_s=busy_timeout_s, readers=readers,
-                             inline_reads=inline_reads).open()
+                             inline_reads=inline_reads, cache_mb=cache_mb, mmap_mb=mmap_mb).open()
 
 
 class SqliteLock:
