@@ -9,6 +9,7 @@ the writer).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -93,6 +94,28 @@ def _close(connections: Iterable[_Connection]) -> None:
             conn.close()
 
 
+def _create_owner_only(path: Path) -> None:
+    """Create the database file 0600 (whatever the umask) if it does not exist yet.
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the database file's mode, so the three are
+    owner-only; a database file that exists keeps its mode (an operator may have chosen it).
+
+    Only ever a *new* file (``O_EXCL``): opening and closing a descriptor of a database file that a
+    SQLite connection of this process has open would silently drop that connection's POSIX locks
+    (closing any descriptor of a file releases every ``fcntl`` lock the process holds on it). Another
+    process closing its last connection then finds the file unlocked, believes itself the last user,
+    checkpoints and *deletes the WAL and SHM files* under the running writer, whose later commits go
+    to an unlinked WAL: invisible to every other process, and lost at its restart. (That is what an
+    earlier ``os.close(os.open(path, O_CREAT))`` before every connection did.) A path that does not
+    exist yet cannot be open in any connection, so this descriptor is safe to close.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def _connect(path: Path, *, synchronous: str, busy_timeout_s: float, readonly: bool, cache_mb: int,
              mmap_mb: int) -> _Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
@@ -137,6 +160,7 @@ class SqliteStore(StoreBackend):
                 self._readers.append(self._connect_reader())
                 return self
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(_create_owner_only, self.path)
             self._writer = await anyio.to_thread.run_sync(
                 lambda: _connect(self.path, synchronous=self._synchronous, busy_timeout_s=self._busy_timeout_s, readonly=False,
                                  **self._memory)
