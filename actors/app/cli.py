@@ -1,7 +1,8 @@
 """The ``ctxplane`` command line (interfaces.md §2).
 
 Exit codes: 0 success; 2 bad usage or invalid configuration (one line naming the key); 1 runtime
-failure. Every user mistake is one clear line on stderr, never a traceback.
+failure; 130 / 143 a ``replay`` or ``run --once`` stopped early by SIGINT / SIGTERM (one line saying
+where). Every user mistake is one clear line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import anyio
 import orjson
 
-from ctxplane.runtime.exceptions import CtxplaneError, UsageError
+from ctxplane.runtime.exceptions import CtxplaneError, Interrupted, UsageError
 
 __all__ = ("main",)
 
@@ -282,11 +283,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (e.g. `| head`): not an error worth a traceback.
         sys.stderr.close()
         return 0
+    except Interrupted as exc:
+        print(f"ctxplane: {exc}", file=sys.stderr)
+        return exc.exit_code
     except CtxplaneError as exc:
         print(f"ctxplane: {exc}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
         first = _first_leaf(group)
+        if isinstance(first, Interrupted):
+            print(f"ctxplane: {first}", file=sys.stderr)
+            return first.exit_code
         if isinstance(first, UsageError):
             print(f"ctxplane: {first}", file=sys.stderr)
             return 2

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import anyio
+import anyio.abc
 import orjson
 import structlog
 
@@ -17,8 +18,9 @@ from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, sc
 from ctxplane.actors.serve.metrics import Metrics
 from ctxplane.config.settings import Settings, redact_dsn
 from ctxplane.contracts.health import load_health_policy
-from ctxplane.runtime.exceptions import UsageError
+from ctxplane.runtime.exceptions import Interrupted, UsageError
 from ctxplane.runtime.kernel import Registry
+from ctxplane.runtime.signals import STOP_SIGNALS, StopRequest
 
 __all__ = ("open_bus", "run_process", "scope_of")
 
@@ -97,28 +99,49 @@ async def run_process(settings: Settings, *, once: bool = False) -> None:
 
     Signals are watched from the first instant: a signal during start-up abandons the start-up
     cleanly; afterwards it triggers the graceful stop (stop reading, commit in-flight batches).
+
+    Raises:
+        Interrupted: with ``once``, a signal stopped the process before every partition was
+            drained (the CLI exits 130/143, so a script can tell it from a full drain). Without
+            ``once`` a signal is the normal way to stop, and the call returns.
     """
     # Worker threads (SQLite writer, bus reads) hand the GIL back to the event loop sooner, so a
     # long commit does not delay query answers by a whole default 5 ms switch interval.
     sys.setswitchinterval(0.0005)
+    signalled = StopRequest()
+    drained: list[int] = []  # [partitions drained, partitions expected, 1 if all drained] after the run
     async with anyio.create_task_group() as tg:
         startup = anyio.CancelScope()
         stop = anyio.Event()
 
-        async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async def watch_signals(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                task_status.started()
+                # Kept open until the process ends: a second Ctrl-C during the graceful stop must not
+                # become a KeyboardInterrupt (runtime/signals.py says why that is dangerous).
                 async for signum in signals:
+                    if signalled.requested:
+                        log.info("already stopping", signal=signal.Signals(signum).name)
+                        continue
                     log.info("stopping", signal=signal.Signals(signum).name)
+                    signalled.set(signum)
                     stop.set()
                     startup.cancel()
-                    return
 
-        tg.start_soon(watch_signals)
-        await _run(settings, once=once, startup=startup, stop=stop)
+        await tg.start(watch_signals)
+        await _run(settings, once=once, startup=startup, stop=stop, drained=drained)
         tg.cancel_scope.cancel()
+    if once and signalled.requested and not (drained and drained[2]):
+        assert signalled.signum is not None
+        done = f"{drained[0]} of {drained[1]} partitions drained" if drained else "before start-up completed"
+        raise Interrupted(signalled.signum, (
+            f"run --once interrupted by {signalled.name} ({done}): every committed batch is kept; "
+            "run it again to finish the drain"
+        ))
 
 
-async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, stop: anyio.Event) -> None:
+async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, stop: anyio.Event,
+               drained: list[int]) -> None:
     async with AsyncExitStack() as stack:
         with startup:
             if settings.store.backend == "sqlite":
@@ -176,4 +199,5 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
             await stop.wait()
             await root.stop()
             tg.cancel_scope.cancel()
+        drained[:] = [app.progress.idle_count, app.progress.expected_count, int(app.progress.all_idle)]
         log.info("stopped")

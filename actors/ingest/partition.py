@@ -181,7 +181,8 @@ class PartitionActor(Actor):
                 # Let the query actor answer between chunks: a 2000-record batch classifies in
                 # tens of milliseconds, which would otherwise be a latency spike for every query.
                 await anyio.lowlevel.checkpoint()
-            verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw)
+            verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw,
+                               record.full_size)
             if type(verdict) is Accepted:
                 ts = verdict.ts_us
                 if watermark is not None and ts < watermark - allowed:

@@ -56,10 +56,17 @@ _STORE_READ_TIMEOUT_S = 0.5
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader never sees a half-written file."""
+    """Replace ``path`` with ``data`` so a reader never sees a half-written file.
+
+    The file is owner-only (0600) whatever the umask, like the store: the reconciliation artifact
+    lists the run's anomalies, event ids and offsets. ``fchmod`` as well as the creation mode, so a
+    temp file left by a crash (which ``O_CREAT`` would reuse with its old mode) is tightened too.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, 0o600)
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

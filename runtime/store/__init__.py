@@ -43,7 +43,7 @@ async def open_store(
 
         return await open_sqlite(
             settings.sqlite_path, synchronous=settings.synchronous, busy_timeout_s=settings.busy_timeout_s,
-            inline_reads=inline_reads,
+            inline_reads=inline_reads, cache_mb=settings.sqlite_cache_mb, mmap_mb=settings.sqlite_mmap_mb,
         )
     try:
         from ctxplane.runtime.store.postgres import open_postgres

@@ -13,7 +13,8 @@ from tests.support.workload import PINS, context_events, publish
 ERROR_CASES: list[tuple[dict[str, Any], str, str]] = [
     # (request, expected status, expected code)
     ({"op": "no_such_op"}, "ERROR", "INVALID_REQUEST"),
-    ({"op": "resolve_flow_binding", "flow_id": "f"}, "INVALID_REQUEST", "INVALID_REQUEST"),  # no pins
+    # No pins: MISSING_PINS, as on the feature plane (issue 15 item 6, one pin rule for both planes).
+    ({"op": "resolve_flow_binding", "flow_id": "f"}, "INVALID_REQUEST", "MISSING_PINS"),
     ({"op": "fetch_join_frame", "pins": PINS, "join_frame_key": {"merchant_id": "m", "arrival_seq": 2**63}},
      "INVALID_REQUEST", "INVALID_REQUEST"),
     ({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "f", "deadline_ms": 0}, "INVALID_REQUEST", "INVALID_REQUEST"),
