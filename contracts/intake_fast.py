@@ -138,9 +138,11 @@ class FastIntake:
         self.fast_verdicts = 0
         self.reference_verdicts = 0
 
-    def classify(self, source: SourceRef, raw: bytes) -> Verdict:
-        """The verdict :meth:`IntakeRules.classify` gives, for any record."""
-        env = self._decode(raw) if self._enabled else None
+    def classify(self, source: SourceRef, raw: bytes, full_size: int | None = None) -> Verdict:
+        """The verdict :meth:`IntakeRules.classify` gives, for any record (``full_size`` as there)."""
+        # Only the start of a record the bus cut short (full_size beyond raw) is the reference path's.
+        whole = full_size is None or full_size == len(raw)
+        env = self._decode(raw) if self._enabled and whole else None
         run = self._runs.get(_run_key(env)) if env is not None else None
         if run is not None:
             accepted = self._accept(source, env, run)  # type: ignore[arg-type]
@@ -148,7 +150,7 @@ class FastIntake:
                 self.fast_verdicts += 1
                 return accepted
         self.reference_verdicts += 1
-        verdict = self._slow(source, raw)
+        verdict = self._slow(source, raw, full_size)
         if run is None and env is not None and type(verdict) is Accepted:
             self._learn(_run_key(env), verdict)
         return verdict

@@ -23,7 +23,7 @@ from ctxplane.config.settings import CONTEXT_TOPICS, TRAFFIC_TOPICS
 from ctxplane.contracts.classes import EVENT_CLASS_BY_TYPE, IGNORED_EVENT_TYPES, PLANE_BY_CLASS, Plane
 from ctxplane.contracts.envelope import PIN_FIELDS, Envelope
 from ctxplane.contracts.features import parse_amount
-from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef
+from ctxplane.contracts.intake import MAX_RECORD_BYTES, Accepted, IntakeRules, SourceRef
 from ctxplane.contracts.intake_fast import _RUN_FIELDS, FastIntake, _Envelope
 from tests.support.workload import (
     ANCHOR_BASELINE,
@@ -150,7 +150,7 @@ def rarely(strategy: st.SearchStrategy[Any], usual: st.SearchStrategy[Any], one_
 
 
 @st.composite
-def records(draw: st.DrawFn, plane: Plane) -> tuple[SourceRef, bytes]:
+def records(draw: st.DrawFn, plane: Plane) -> tuple[SourceRef, bytes, int | None]:
     own = [t for t, c in EVENT_CLASS_BY_TYPE.items() if PLANE_BY_CLASS[c] is plane]
     event_type = draw(rarely(st.sampled_from(EVENT_TYPES), st.sampled_from(own)))
     topic = TOPIC_OF.get(event_type, TRAFFIC_FRAUD[0])
@@ -186,7 +186,10 @@ def records(draw: st.DrawFn, plane: Plane) -> tuple[SourceRef, bytes]:
         raw = b"\xef\xbb\xbf" + raw
     elif junk:
         raw += junk.encode("latin-1")
-    return SourceRef(topic, draw(st.integers(0, 3)), "0", "file_line"), raw
+    # The bus's own account of the record's length: mostly none (raw is all of it), sometimes the
+    # length of a record it cut short after raw.
+    full_size = draw(rarely(st.sampled_from([len(raw), len(raw) + 1, 2 * MAX_RECORD_BYTES]), st.none(), 10))
+    return SourceRef(topic, draw(st.integers(0, 3)), "0", "file_line"), raw, full_size
 
 
 @st.composite
@@ -229,10 +232,10 @@ def mutated(draw: st.DrawFn, pairs: Pairs) -> Pairs:
     return Pairs([*((k, v) for k, v in pairs if k != "payload"), ("payload", draw(JSON))])
 
 
-def outcome(classify: Any, source: SourceRef, raw: bytes) -> tuple[Any, ...]:
+def outcome(classify: Any, source: SourceRef, raw: bytes, full_size: int | None = None) -> tuple[Any, ...]:
     """What a classifier did, compared with types (repr tells 1, 1.0 and True apart, and -0.0 from 0.0)."""
     try:
-        verdict = classify(source, raw)
+        verdict = classify(source, raw, full_size)
     except Exception as exc:  # the reference path's own failures must be the fast path's too
         return ("raised", type(exc), str(exc))
     return ("verdict", verdict, repr(verdict))
@@ -243,8 +246,8 @@ def outcome(classify: Any, source: SourceRef, raw: bytes) -> tuple[Any, ...]:
 def test_fast_path_gives_the_reference_verdict(rules: IntakeRules, data: st.DataObject) -> None:
     stream = data.draw(st.lists(records(rules.plane), min_size=1, max_size=12))
     fast = FastIntake(rules)
-    for source, raw in stream:
-        assert outcome(fast.classify, source, raw) == outcome(rules.classify, source, raw), raw
+    for source, raw, full_size in stream:
+        assert outcome(fast.classify, source, raw, full_size) == outcome(rules.classify, source, raw, full_size), raw
 
 
 @settings(max_examples=150, deadline=None)
@@ -253,8 +256,8 @@ def test_a_record_repeated_is_answered_alike_by_both_paths(rules: IntakeRules, d
     # Once its run is known the fast path answers it: every record again, in another order.
     stream = data.draw(st.lists(records(rules.plane), min_size=1, max_size=12))
     fast = FastIntake(rules)
-    for source, raw in [*stream, *data.draw(st.permutations(stream))]:
-        assert outcome(fast.classify, source, raw) == outcome(rules.classify, source, raw), raw
+    for source, raw, full_size in [*stream, *data.draw(st.permutations(stream))]:
+        assert outcome(fast.classify, source, raw, full_size) == outcome(rules.classify, source, raw, full_size), raw
 
 
 def _valid_variants() -> list[tuple[IntakeRules, str, dict[str, Any]]]:
@@ -364,6 +367,17 @@ def test_near_misses_of_a_known_run_are_the_reference_paths(raw: bytes) -> None:
         assert type(fast.classify(source, _line(known))) is Accepted
     assert fast.fast_verdicts == 1  # the run and the minute are known
     assert outcome(fast.classify, source, raw) == outcome(rules.classify, source, raw)
+
+
+@pytest.mark.parametrize("full_size", [None, len(_line(_BASE)), len(_line(_BASE)) + 1, 2 * MAX_RECORD_BYTES])
+def test_a_record_the_bus_cut_short_is_the_reference_paths(full_size: int | None) -> None:
+    # A valid line whose bus says it was longer (only its start was read): never the fast path's.
+    rules = RULES[0]
+    fast = FastIntake(rules)
+    source = SourceRef(ARRIVAL[0], 0, "0", "file_line")
+    fast.classify(source, _line(_BASE))
+    assert outcome(fast.classify, source, _line(_BASE), full_size) == outcome(rules.classify, source, _line(_BASE), full_size)
+    assert fast.fast_verdicts == (1 if full_size in (None, len(_line(_BASE))) else 0)
 
 
 def test_a_known_run_on_a_topic_not_allowed_is_the_reference_paths() -> None:
