@@ -233,6 +233,10 @@ class IntakeRules:
         # Step 3: plane-specific keys.
         run_id = envelope.get("run_id")
         pins, pid = self._pins(pins_values, run_id)
+        try:
+            hashed = payload_hash(event_type, envelope.get("schema_version"), payload)
+        except TypeError as exc:  # JSON it decoded but canonical JSON cannot carry (nesting beyond 255 levels)
+            return reject(Reason.PAYLOAD_INVALID, {"error": f"payload cannot be encoded canonically: {exc}"})
         common = {
             "plane": self.plane,
             "source": source,
@@ -246,7 +250,7 @@ class IntakeRules:
             "pins": pins,
             "pins_id": pid,
             "payload": payload,
-            "payload_hash": payload_hash(event_type, envelope.get("schema_version"), payload),
+            "payload_hash": hashed,
         }
         try:
             common["ts_us"] = parse_ts_us(envelope["ts_utc"])
