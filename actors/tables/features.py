@@ -9,10 +9,10 @@ commit.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
-from ctxplane.contracts.features import first_kept_tile, tile_deltas
+from ctxplane.contracts.features import first_kept_tile, key_tiles
 from ctxplane.contracts.features.windows import LEVELS_SECONDS
 from ctxplane.contracts.intake import Accepted
 from ctxplane.runtime.store import CopyRows, Execute, Fetch, Program, StageTable
@@ -81,24 +81,35 @@ class FeatureTableWriter(FeatureWriter):
 
 
     def write(self, events: Sequence[Accepted]) -> Program[None]:
-        by_run: dict[tuple[str, str], list[tuple[str, str, int, int | None]]] = defaultdict(list)
-        raw = []
+        # Grouped by (run, key) once: raw rows and tiles both come out in primary-key order —
+        # the index inserts then walk their indexes instead of jumping around them, and tiles are
+        # locked in one order by concurrent writers — sorting only the keys and each key's events.
+        by_key: dict[tuple[str, str, str, str], list[tuple[int, str, int | None]]] = {}
+        get = by_key.get
         for v in events:
-            run = (v.platform_run_id, v.scenario_run_id)
+            value = (v.ts_us, v.event_id, v.amount_units)
             for key_type, key_id in v.feature_keys:
-                by_run[run].append((key_type, key_id, v.ts_us, v.amount_units))
-                raw.append((*run, key_type, key_id, v.ts_us, v.event_id, v.amount_units))
-        if not raw:
+                key = (v.platform_run_id, v.scenario_run_id, key_type, key_id)
+                values = get(key)
+                if values is None:
+                    by_key[key] = [value]
+                else:
+                    values.append(value)
+        if not by_key:
             return
-        # Staged in primary-key order: the index inserts then walk the index instead of jumping
-        # around it (on PostgreSQL about a quarter less work per row).
-        raw.sort()
+        raw: list[tuple[Any, ...]] = []
+        tiles: list[tuple[Any, ...]] = []
+        for key in sorted(by_key):
+            run, scenario, key_type, key_id = key
+            values = by_key[key]
+            if len(values) > 1:
+                values.sort()
+            raw.extend([(run, scenario, key_type, key_id, ts_us, event_id, amount) for ts_us, event_id, amount in values])
+            first = len(tiles)
+            key_tiles(key_type, key_id, [(ts_us, amount) for ts_us, _event_id, amount in values], tiles)
+            tiles[first:] = [(run, scenario, *row) for row in tiles[first:]]
         yield CopyRows(STAGE_RAW, raw)
         yield Execute(_RAW_INSERT)
-        tiles = []
-        for run, traffic in sorted(by_run.items()):
-            tiles.extend((*run, *row) for row in tile_deltas(traffic).tile_rows)
-        # Staged in primary-key order (tile_deltas sorts): concurrent writers lock tiles in one order.
         yield CopyRows(STAGE_TILES, tiles)
         yield Execute(_TILE_UPSERT)
 
