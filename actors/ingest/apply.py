@@ -107,16 +107,18 @@ _SAME_FLOW = (
     "{o}.flow_id = {t}.flow_id AND {o}.platform_run_id = {t}.platform_run_id"
     " AND {o}.scenario_run_id = {t}.scenario_run_id"
 )
-# Step 4, frames: the role rows of the touched frames that share their role with another event
-# (a role row's primary key ends in event_id, so "another row of the same role" is the conflict).
+# Step 4, frames: the role rows of the touched frames in a role that holds more than one event.
+# One index range scan per touched frame finds the roles in conflict (rare), whose rows are then read.
 _ROLE_CONFLICTS = (
     "SELECT t.platform_run_id, t.scenario_run_id, t.merchant_id, t.arrival_seq, t.role, t.event_id, t.event_type,"
     " t.topic, t.partition_id, t.source_offset, t.offset_kind"
+    " FROM (SELECT r.platform_run_id, r.scenario_run_id, r.merchant_id, r.arrival_seq, r.role"
     " FROM (SELECT DISTINCT platform_run_id, scenario_run_id, merchant_id, arrival_seq FROM stage_events"
     " WHERE plane = 'join') AS k"
-    f" JOIN join_frame_roles AS t ON {_SAME_FRAME.format(o='t', t='k')}"
-    f" WHERE EXISTS (SELECT 1 FROM join_frame_roles AS o WHERE {_SAME_FRAME.format(o='o', t='t')}"
-    " AND o.role = t.role AND o.event_id <> t.event_id)"
+    f" JOIN join_frame_roles AS r ON {_SAME_FRAME.format(o='r', t='k')}"
+    " GROUP BY r.platform_run_id, r.scenario_run_id, r.merchant_id, r.arrival_seq, r.role"
+    " HAVING count(*) > 1) AS c"
+    f" JOIN join_frame_roles AS t ON {_SAME_FRAME.format(o='t', t='c')} AND t.role = c.role"
 )
 # Step 4, bindings: of the claims of the touched flows and the claims on the touched frame keys,
 # those whose flow also claims another key or whose key is also claimed by another flow. These are
