@@ -2,16 +2,25 @@
 
 Steps (the store-writer runs this inside one write transaction; the numbers match the code):
   0. leased batches only: lock and check each lease epoch, else LeaseLost (actors/ingest/fencing.py);
-  1. look up the dedupe registry for every accepted event;
+  1. stage the first occurrence of every accepted event once (``stage_events``: COPY on PostgreSQL,
+     executemany into a TEMP table on SQLite) and register them in the dedupe registry with one
+     ``INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING``: what it returns is new; only when some
+     were registered before, one join reads the stored payload hash where it differs;
   2. classify each record in arrival order: new, duplicate, payload-hash mismatch, rejected, ignored;
-  3. write the effects of new events: pins, dedupe rows, join role rows and binding claims, feature
-     raw rows and tile deltas, lateness annotations, rejection ledger rows;
-  4. detect conflicts among the touched frames and flows, and record every event involved;
+  3. write the effects of new events with set-based statements from the staged rows (restaged with
+     the new ones only, when some were not new): pins, join role rows and binding claims; feature
+     raw rows and per-commit folded tile deltas (actors/tables/features.py); lateness annotations
+     and rejection ledger rows;
+  4. detect conflicts among the touched frames and flows with one query each over the staged keys,
+     which returns only the rows involved in a conflict, and record every event involved;
   5. bump the intake counters;
   6. advance each touched partition's checkpoint (forward only) and watermark.
 The transaction commits after the program returns; only then are batches acknowledged. Every
 effect is an idempotent, commutative insert or merge, which is what makes the resulting state
 independent of batch sizes, restarts and partition interleaving.
+
+A commit of n records is a fixed handful of statements whatever n: no statement, and no round trip,
+is per event.
 """
 
 from __future__ import annotations
@@ -32,9 +41,9 @@ from ctxplane.contracts.intake import Accepted, Ignored, Rejected, SourceRef
 from ctxplane.contracts.messages import ApplyBatch, PartitionPosition
 from ctxplane.contracts.reasons import Reason
 from ctxplane.contracts.timestamps import format_ts_us
-from ctxplane.runtime.store import ExecMany, Fetch, Program, Row
+from ctxplane.runtime.store import CopyRows, ExecMany, Execute, Fetch, Program, Row, StageTable
 
-__all__ = ("ApplyOutcome", "KeySpec", "apply_program", "chunks", "fetch_by_keys")
+__all__ = ("STAGE_EVENTS", "ApplyOutcome", "KeySpec", "apply_program", "chunks", "fetch_by_keys")
 
 # Key lookups are split into chunks of at most this many keys: well under both backends' bound-
 # parameter limits (SQLite 32766, PostgreSQL 32767) and small enough for good plans. A power of two,
@@ -45,13 +54,96 @@ _CHUNK = 256
 # needs the types to type the parameters of a VALUES list: untyped, they would be ``text``, and
 # comparing them with an INTEGER/BIGINT column fails ("operator does not exist: bigint = text").
 KeySpec: TypeAlias = tuple[tuple[str, str], ...]
-_DEDUPE_KEY: KeySpec = (("platform_run_id", "TEXT"), ("event_class", "TEXT"), ("event_id", "TEXT"))
-_FRAME_KEY: KeySpec = (
-    ("platform_run_id", "TEXT"), ("scenario_run_id", "TEXT"), ("merchant_id", "TEXT"), ("arrival_seq", "BIGINT"),
-)
-_FLOW_KEY: KeySpec = (("platform_run_id", "TEXT"), ("scenario_run_id", "TEXT"), ("flow_id", "TEXT"))
-_CLAIM_KEY: KeySpec = (*_FLOW_KEY, ("merchant_id", "TEXT"), ("arrival_seq", "BIGINT"), ("event_id", "TEXT"))
 _CHECKPOINT_KEY: KeySpec = (("scope", "TEXT"), ("topic", "TEXT"), ("partition_id", "INTEGER"))
+
+# The staged events of one commit: the first occurrence of each accepted event, with every column
+# the dedupe registry, the join role rows and the binding claims take from it (NULL where a plane
+# has no such field; ``payload_json`` only for the join plane, whose role rows keep the payload).
+STAGE_EVENTS = StageTable("stage_events", (
+    ("platform_run_id", "TEXT"), ("event_class", "TEXT"), ("event_id", "TEXT"), ("payload_hash", "TEXT"),
+    ("scenario_run_id", "TEXT"), ("plane", "TEXT"), ("topic", "TEXT"), ("partition_id", "INTEGER"),
+    ("source_offset", "TEXT"), ("offset_kind", "TEXT"), ("ts_utc", "TEXT"), ("event_type", "TEXT"),
+    ("pins_id", "TEXT"), ("merchant_id", "TEXT"), ("arrival_seq", "BIGINT"), ("role", "TEXT"),
+    ("flow_id", "TEXT"), ("payload_json", "TEXT"),
+))
+
+# Step 1: register the staged events; the registry answers with the ones it did not hold yet.
+# ``WHERE true`` before ON CONFLICT: SQLite's parser needs it after INSERT ... SELECT ... FROM t.
+_REGISTER = (
+    "INSERT INTO intake_dedupe (platform_run_id, event_class, event_id, payload_hash, scenario_run_id, plane,"
+    " topic, partition_id, source_offset, offset_kind, ts_utc)"
+    " SELECT platform_run_id, event_class, event_id, payload_hash, scenario_run_id, plane, topic, partition_id,"
+    " source_offset, offset_kind, ts_utc FROM stage_events WHERE true"
+    " ON CONFLICT (platform_run_id, event_class, event_id) DO NOTHING"
+    " RETURNING platform_run_id, event_class, event_id"
+)
+# ... and, only when some were registered before, the stored hash of those whose hash differs.
+_MISMATCHED = (
+    "SELECT s.platform_run_id, s.event_class, s.event_id, d.payload_hash FROM stage_events AS s"
+    " JOIN intake_dedupe AS d ON d.platform_run_id = s.platform_run_id AND d.event_class = s.event_class"
+    " AND d.event_id = s.event_id WHERE d.payload_hash <> s.payload_hash"
+)
+_ROLES_FROM_STAGE = (
+    "INSERT INTO join_frame_roles (platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id,"
+    " event_type, payload_hash, payload_json, pins_id, ts_utc, topic, partition_id, source_offset, offset_kind)"
+    " SELECT platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id, event_type, payload_hash,"
+    " payload_json, pins_id, ts_utc, topic, partition_id, source_offset, offset_kind"
+    " FROM stage_events WHERE plane = 'join'"
+    " ON CONFLICT (platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id) DO NOTHING"
+)
+_CLAIMS_FROM_STAGE = (
+    "INSERT INTO flow_binding_claims (platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq,"
+    " event_id, event_type, payload_hash, pins_id, ts_utc, topic, partition_id, source_offset, offset_kind)"
+    " SELECT platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq, event_id, event_type,"
+    " payload_hash, pins_id, ts_utc, topic, partition_id, source_offset, offset_kind"
+    " FROM stage_events WHERE plane = 'join' AND flow_id IS NOT NULL"
+    " ON CONFLICT (platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq, event_id) DO NOTHING"
+)
+_SAME_FRAME = (
+    "{o}.platform_run_id = {t}.platform_run_id AND {o}.scenario_run_id = {t}.scenario_run_id"
+    " AND {o}.merchant_id = {t}.merchant_id AND {o}.arrival_seq = {t}.arrival_seq"
+)
+_SAME_FLOW = (
+    "{o}.flow_id = {t}.flow_id AND {o}.platform_run_id = {t}.platform_run_id"
+    " AND {o}.scenario_run_id = {t}.scenario_run_id"
+)
+# Step 4, frames: the role rows of the touched frames in a role that holds more than one event.
+# One index range scan per touched frame finds the roles in conflict (rare), whose rows are then read.
+_ROLE_CONFLICTS = (
+    "SELECT t.platform_run_id, t.scenario_run_id, t.merchant_id, t.arrival_seq, t.role, t.event_id, t.event_type,"
+    " t.topic, t.partition_id, t.source_offset, t.offset_kind"
+    " FROM (SELECT r.platform_run_id, r.scenario_run_id, r.merchant_id, r.arrival_seq, r.role"
+    " FROM (SELECT DISTINCT platform_run_id, scenario_run_id, merchant_id, arrival_seq FROM stage_events"
+    " WHERE plane = 'join') AS k"
+    f" JOIN join_frame_roles AS r ON {_SAME_FRAME.format(o='r', t='k')}"
+    " GROUP BY r.platform_run_id, r.scenario_run_id, r.merchant_id, r.arrival_seq, r.role"
+    " HAVING count(*) > 1) AS c"
+    f" JOIN join_frame_roles AS t ON {_SAME_FRAME.format(o='t', t='c')} AND t.role = c.role"
+)
+# Step 4, bindings: of the claims of the touched flows and the claims on the touched frame keys,
+# those whose flow also claims another key or whose key is also claimed by another flow. These are
+# exactly the rows of every conflicting group that grouping *all* those claims by flow and by key
+# would find (a conflicting group's rows all have such a sibling; a group without a conflict keeps
+# at most one key or flow when filtered), so the ledger is the same with far fewer rows read.
+_CONFLICTED_CLAIM = (
+    f"(EXISTS (SELECT 1 FROM flow_binding_claims AS o WHERE {_SAME_FLOW.format(o='o', t='t')}"
+    " AND (o.merchant_id <> t.merchant_id OR o.arrival_seq <> t.arrival_seq))"
+    f" OR EXISTS (SELECT 1 FROM flow_binding_claims AS o WHERE {_SAME_FRAME.format(o='o', t='t')}"
+    " AND o.flow_id <> t.flow_id))"
+)
+_CLAIM_COLUMNS = (
+    "t.platform_run_id, t.scenario_run_id, t.flow_id, t.merchant_id, t.arrival_seq, t.event_id,"
+    " t.event_type, t.topic, t.partition_id, t.source_offset, t.offset_kind"
+)
+_BINDING_CONFLICTS = (
+    f"SELECT {_CLAIM_COLUMNS} FROM (SELECT DISTINCT platform_run_id, scenario_run_id, flow_id FROM stage_events"
+    " WHERE plane = 'join' AND flow_id IS NOT NULL) AS k"
+    f" JOIN flow_binding_claims AS t ON {_SAME_FLOW.format(o='t', t='k')} WHERE {_CONFLICTED_CLAIM}"
+    " UNION "
+    f"SELECT {_CLAIM_COLUMNS} FROM (SELECT DISTINCT platform_run_id, scenario_run_id, merchant_id, arrival_seq"
+    " FROM stage_events WHERE plane = 'join' AND flow_id IS NOT NULL) AS k"
+    f" JOIN flow_binding_claims AS t ON {_SAME_FRAME.format(o='t', t='k')} WHERE {_CONFLICTED_CLAIM}"
+)
 
 
 def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -162,15 +254,24 @@ def apply_program(
     # thief can take the partition over mid-transaction; else LeaseLost rolls back (actors/ingest/fencing.py).
     yield from fence_program(batches)
 
-    # Step 1: the dedupe registry for every accepted event.
+    # Step 1: stage the first occurrence of every accepted event and register it; the registry
+    # answers which events it did not hold yet. For the others, it keeps the hash it holds.
+    staged: dict[tuple[str, str, str], Row] = {}
+    for v in accepted:
+        key = (v.platform_run_id, v.event_class, v.event_id)
+        if key not in staged:
+            staged[key] = _stage_row(v)
     registry: dict[tuple[str, str, str], str] = {}
-    keys = list({(v.platform_run_id, v.event_class, v.event_id) for v in accepted})
-    for part in chunks(keys):
-        rows = yield fetch_by_keys(
-            "t.platform_run_id, t.event_class, t.event_id, t.payload_hash", "intake_dedupe", _DEDUPE_KEY, part
-        )
-        for run, event_class, event_id, stored_hash in rows:
-            registry[(run, event_class, event_id)] = stored_hash
+    fresh: set[tuple[str, str, str]] = set()
+    if staged:
+        yield CopyRows(STAGE_EVENTS, list(staged.values()))
+        fresh = {(run, event_class, event_id) for run, event_class, event_id in (yield Fetch(_REGISTER))}
+        if len(fresh) < len(staged):
+            for key, row in staged.items():
+                if key not in fresh:
+                    registry[key] = row[3]  # the staged payload hash, unless the stored one differs:
+            for run, event_class, event_id, stored_hash in (yield Fetch(_MISMATCHED)):
+                registry[(run, event_class, event_id)] = stored_hash
 
     # Step 2: classify in arrival order.
     new: list[Accepted] = []
@@ -205,22 +306,15 @@ def apply_program(
             elif type(verdict) is Ignored:
                 counters[(batch.topic, batch.partition, "ignored")] += 1
 
-    # Step 3: effects of new events.
+    # Step 3: effects of new events, from the staged rows (restaged first if some were not new).
     if new:
+        if len(fresh) < len(staged):
+            yield CopyRows(STAGE_EVENTS, [staged[(v.platform_run_id, v.event_class, v.event_id)] for v in new])
         pins = {v.pins_id: v for v in new}
         yield ExecMany(
             "INSERT INTO context_pins (pins_id, platform_run_id, scenario_run_id, pins_json) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (pins_id) DO NOTHING",
             [(pid, v.platform_run_id, v.scenario_run_id, canonical_json(v.pins).decode()) for pid, v in pins.items()],
-        )
-        yield ExecMany(
-            "INSERT INTO intake_dedupe (platform_run_id, event_class, event_id, payload_hash, scenario_run_id,"
-            " plane, topic, partition_id, source_offset, offset_kind, ts_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (v.platform_run_id, v.event_class, v.event_id, v.payload_hash, v.scenario_run_id, v.plane.value,
-                 v.source.topic, v.source.partition, v.source.offset, v.source.offset_kind, v.ts_utc)
-                for v in new
-            ],
         )
         for v in new:
             if v.late:
@@ -263,45 +357,27 @@ def apply_program(
     return outcome
 
 
-def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutcome) -> Program[None]:
-    yield ExecMany(
-        "INSERT INTO join_frame_roles (platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id,"
-        " event_type, payload_hash, payload_json, pins_id, ts_utc, topic, partition_id, source_offset, offset_kind)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id) DO NOTHING",
-        [
-            (v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq, v.role, v.event_id, v.event_type,
-             v.payload_hash, canonical_json(v.payload).decode(), v.pins_id, v.ts_utc, v.source.topic,
-             v.source.partition, v.source.offset, v.source.offset_kind)
-            for v in events
-        ],
+def _stage_row(v: Accepted) -> Row:
+    source = v.source
+    join = v.plane is Plane.JOIN
+    return (
+        v.platform_run_id, v.event_class, v.event_id, v.payload_hash, v.scenario_run_id, v.plane.value,
+        source.topic, source.partition, source.offset, source.offset_kind, v.ts_utc, v.event_type, v.pins_id,
+        v.merchant_id, v.arrival_seq, v.role, v.flow_id, canonical_json(v.payload).decode() if join else None,
     )
+
+
+def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutcome) -> Program[None]:
+    """Role rows and claims of the staged (new) join events, then step 4 over their frames and flows."""
+    yield Execute(_ROLES_FROM_STAGE)
     anchors = [v for v in events if v.flow_id is not None]
     if anchors:
-        yield ExecMany(
-            "INSERT INTO flow_binding_claims (platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq,"
-            " event_id, event_type, payload_hash, pins_id, ts_utc, topic, partition_id, source_offset, offset_kind)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq, event_id) DO NOTHING",
-            [
-                (v.platform_run_id, v.scenario_run_id, v.flow_id, v.merchant_id, v.arrival_seq, v.event_id,
-                 v.event_type, v.payload_hash, v.pins_id, v.ts_utc, v.source.topic, v.source.partition,
-                 v.source.offset, v.source.offset_kind)
-                for v in anchors
-            ],
-        )
+        yield Execute(_CLAIMS_FROM_STAGE)
     # Step 4: conflicts among touched frames (two events in one role) ...
-    frames = sorted({(v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq) for v in events})
-    outcome.touched_frames.update(frames)
+    outcome.touched_frames.update({(v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq) for v in events})  # type: ignore[arg-type]
     per_role: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
-    for part in chunks(frames):
-        rows = yield fetch_by_keys(
-            "t.platform_run_id, t.scenario_run_id, t.merchant_id, t.arrival_seq, t.role, t.event_id, t.event_type,"
-            " t.topic, t.partition_id, t.source_offset, t.offset_kind",
-            "join_frame_roles", _FRAME_KEY, part,
-        )
-        for row in rows:
-            per_role[row[:5]].append(row)
+    for row in (yield Fetch(_ROLE_CONFLICTS)):
+        per_role[row[:5]].append(row)
     for (run, scenario, merchant, seq, role), rows in per_role.items():
         if len(rows) > 1:
             details = {"role": role, "join_frame_key": _key_json(run, scenario, merchant, seq),
@@ -313,27 +389,8 @@ def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutco
     if not anchors:
         return
     # ... and among touched bindings (a flow claiming two keys, or a key claimed by two flows).
-    flows = sorted({(v.platform_run_id, v.scenario_run_id, v.flow_id) for v in anchors})
-    keys = sorted({(v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq) for v in anchors})
-    outcome.touched_flows.update(flows)  # type: ignore[arg-type]
-    claims: dict[tuple[Any, ...], Row] = {}
-    columns = ("t.platform_run_id, t.scenario_run_id, t.flow_id, t.merchant_id, t.arrival_seq, t.event_id,"
-               " t.event_type, t.topic, t.partition_id, t.source_offset, t.offset_kind")
-    for part in chunks(flows):
-        for row in (yield fetch_by_keys(columns, "flow_binding_claims", _FLOW_KEY, part)):
-            claims[row[:6]] = row
-    for part in chunks(keys):
-        # Claims on the touched keys go through the secondary index, selecting only what the index
-        # holds (its columns plus the primary key): with wider columns SQLite prefers a scan of the
-        # run's whole primary-key range per key. The rows not loaded above (claims by other flows:
-        # the conflicts) are then fetched by primary key.
-        found = yield fetch_by_keys(
-            "t.platform_run_id, t.scenario_run_id, t.flow_id, t.merchant_id, t.arrival_seq, t.event_id",
-            "flow_binding_claims", _FRAME_KEY, part,
-        )
-        for others in chunks([pk for pk in found if pk not in claims]):
-            for row in (yield fetch_by_keys(columns, "flow_binding_claims", _CLAIM_KEY, others)):
-                claims[row[:6]] = row
+    outcome.touched_flows.update({(v.platform_run_id, v.scenario_run_id, v.flow_id) for v in anchors})  # type: ignore[arg-type]
+    claims = {row[:6]: row for row in (yield Fetch(_BINDING_CONFLICTS))}
     for conflict_rows, details in _binding_conflicts(claims.values()):
         for row in conflict_rows:
             ledger.add(Plane.JOIN.value, SourceRef(row[7], row[8], row[9], row[10]), Reason.FLOW_BINDING_CONFLICT,

@@ -1,18 +1,21 @@
 """The feature tables' writes: raw edge rows, time tiles, the retention cut-off (both backends).
 
 For every new traffic event and every feature key it carries, one raw row (exact window edges) and
-merged tile deltas (cheap windows) — commutative upserts, in the apply transaction.
+merged tile deltas (cheap windows) — commutative upserts, in the apply transaction. Both are staged
+once per commit (:class:`~ctxplane.runtime.store.CopyRows`) and written with one set-based
+statement each; tile deltas are folded in memory first, so each (key, tile) is upserted once per
+commit.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
-from ctxplane.contracts.features import first_kept_tile, tile_deltas
+from ctxplane.contracts.features import first_kept_tile, key_tiles
 from ctxplane.contracts.features.windows import LEVELS_SECONDS
 from ctxplane.contracts.intake import Accepted
-from ctxplane.runtime.store import ExecMany, Execute, Fetch, Program
+from ctxplane.runtime.store import CopyRows, Execute, Fetch, Program, StageTable
 
 __all__ = (
     "CUTOFF_KEY", "RETENTION_KEY", "FeatureTableWriter", "FeatureWriter", "prune_program", "retention_meta_program",
@@ -31,9 +34,22 @@ class FeatureWriter:
 CUTOFF_KEY = "feature_retention_cutoff_us"
 RETENTION_KEY = "feature_retention_us"
 
+STAGE_RAW = StageTable("stage_feature_raw", (
+    ("platform_run_id", "TEXT"), ("scenario_run_id", "TEXT"), ("key_type", "TEXT"), ("key_id", "TEXT"),
+    ("ts_us", "BIGINT"), ("event_id", "TEXT"), ("amount_units", "BIGINT"),
+))
+STAGE_TILES = StageTable("stage_feature_tiles", (
+    ("platform_run_id", "TEXT"), ("scenario_run_id", "TEXT"), ("key_type", "TEXT"), ("key_id", "TEXT"),
+    ("level_s", "INTEGER"), ("tile_id", "BIGINT"), ("event_count", "BIGINT"), ("amount_sum", "BIGINT"),
+    ("amount_count", "BIGINT"), ("amount_min", "BIGINT"), ("amount_max", "BIGINT"), ("last_ts_us", "BIGINT"),
+))
+
+# ``WHERE true`` before ON CONFLICT: SQLite's parser needs it after INSERT ... SELECT ... FROM t.
 _TILE_UPSERT = (
     "INSERT INTO feature_tiles (platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id, event_count,"
-    " amount_sum, amount_count, amount_min, amount_max, last_ts_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " amount_sum, amount_count, amount_min, amount_max, last_ts_us)"
+    " SELECT platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id, event_count, amount_sum,"
+    " amount_count, amount_min, amount_max, last_ts_us FROM stage_feature_tiles WHERE true"
     " ON CONFLICT (platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id) DO UPDATE SET"
     " event_count = feature_tiles.event_count + excluded.event_count,"
     " amount_sum = feature_tiles.amount_sum + excluded.amount_sum,"
@@ -50,7 +66,8 @@ _TILE_UPSERT = (
 )
 _RAW_INSERT = (
     "INSERT INTO feature_raw (platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id, amount_units)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " SELECT platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id, amount_units"
+    " FROM stage_feature_raw WHERE true"
     " ON CONFLICT (platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id) DO NOTHING"
 )
 _META_UPSERT = (
@@ -64,20 +81,37 @@ class FeatureTableWriter(FeatureWriter):
 
 
     def write(self, events: Sequence[Accepted]) -> Program[None]:
-        by_run: dict[tuple[str, str], list[tuple[str, str, int, int | None]]] = defaultdict(list)
-        raw = []
+        # Grouped by (run, key) once: raw rows and tiles both come out in primary-key order —
+        # the index inserts then walk their indexes instead of jumping around them, and tiles are
+        # locked in one order by concurrent writers — sorting only the keys and each key's events.
+        by_key: dict[tuple[str, str, str, str], list[tuple[int, str, int | None]]] = {}
+        get = by_key.get
         for v in events:
-            run = (v.platform_run_id, v.scenario_run_id)
+            value = (v.ts_us, v.event_id, v.amount_units)
             for key_type, key_id in v.feature_keys:
-                by_run[run].append((key_type, key_id, v.ts_us, v.amount_units))
-                raw.append((*run, key_type, key_id, v.ts_us, v.event_id, v.amount_units))
-        if not raw:
+                key = (v.platform_run_id, v.scenario_run_id, key_type, key_id)
+                values = get(key)
+                if values is None:
+                    by_key[key] = [value]
+                else:
+                    values.append(value)
+        if not by_key:
             return
-        yield ExecMany(_RAW_INSERT, raw)
-        tiles = []
-        for run, traffic in sorted(by_run.items()):
-            tiles.extend((*run, *row) for row in tile_deltas(traffic).tile_rows)
-        yield ExecMany(_TILE_UPSERT, tiles)
+        raw: list[tuple[Any, ...]] = []
+        tiles: list[tuple[Any, ...]] = []
+        for key in sorted(by_key):
+            run, scenario, key_type, key_id = key
+            values = by_key[key]
+            if len(values) > 1:
+                values.sort()
+            raw.extend([(run, scenario, key_type, key_id, ts_us, event_id, amount) for ts_us, event_id, amount in values])
+            first = len(tiles)
+            key_tiles(key_type, key_id, [(ts_us, amount) for ts_us, _event_id, amount in values], tiles)
+            tiles[first:] = [(run, scenario, *row) for row in tiles[first:]]
+        yield CopyRows(STAGE_RAW, raw)
+        yield Execute(_RAW_INSERT)
+        yield CopyRows(STAGE_TILES, tiles)
+        yield Execute(_TILE_UPSERT)
 
 
 def retention_meta_program(retention_us: int) -> Program[None]:

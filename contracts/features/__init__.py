@@ -41,6 +41,7 @@ from ctxplane.contracts.features.tiles import (
 )
 from ctxplane.contracts.features.tiles import evaluate as evaluate
 from ctxplane.contracts.features.tiles import first_kept_tile as first_kept_tile
+from ctxplane.contracts.features.tiles import key_tiles as key_tiles
 from ctxplane.contracts.features.tiles import merge_tile_row as merge_tile_row
 from ctxplane.contracts.features.tiles import prune_before as prune_before
 from ctxplane.contracts.features.tiles import tile_deltas as tile_deltas
@@ -89,6 +90,7 @@ __all__ = (
     "evaluate",
     "first_kept_tile",
     "format_ts_us",
+    "key_tiles",
     "load_policy",
     "merge_tile_row",
     "parse_amount",

@@ -35,7 +35,7 @@ argument is NULL). ``last_ts_us`` is never NULL in a tile.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,7 @@ __all__ = (
     "as_of_beyond_retention",
     "evaluate",
     "first_kept_tile",
+    "key_tiles",
     "merge_tile_row",
     "prune_before",
     "tile_deltas",
@@ -73,7 +74,8 @@ TileRow = tuple[str, str, int, int, int, int, int, int | None, int | None, int]
 #: A tile row read back for one key: ``TileRow[2:]``.
 TileValue = tuple[int, int, int, int, int, int | None, int | None, int]
 
-_LEVELS: tuple[tuple[int, int], ...] = tuple((s, s * US_PER_SECOND) for s in LEVELS_SECONDS)
+# Ascending, so that emitting per key and level yields the tiles in primary-key order.
+_LEVELS: tuple[tuple[int, int], ...] = tuple((s, s * US_PER_SECOND) for s in sorted(LEVELS_SECONDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,21 +105,51 @@ def tile_deltas(events: Iterable[TrafficEvent]) -> TileBatch:
         A :class:`TileBatch`. Applying its ``tile_rows`` with the commutative upsert (see the module
         docstring) in any order and any batch split yields the same tiles.
     """
-    raw_rows: list[RawRow] = []
-    # Accumulator per tile: [count, amount_sum, amount_count, amount_min, amount_max, last_ts_us].
-    acc: dict[tuple[str, str, int, int], list[Any]] = {}
-    append = raw_rows.append
-    get = acc.get
-    for key_type, key_id, ts_us, amount in events:
-        append((key_type, key_id, ts_us, amount))
+    raw_rows: list[RawRow] = [(key_type, key_id, ts_us, amount) for key_type, key_id, ts_us, amount in events]
+    # Events per key, then tiles per key and level (see key_tiles): the output comes out in
+    # primary-key order by sorting the keys and each key's tile ids, not every tile.
+    by_key: dict[tuple[str, str], list[tuple[int, int | None]]] = {}
+    get = by_key.get
+    for key_type, key_id, ts_us, amount in raw_rows:
+        values = get((key_type, key_id))
+        if values is None:
+            by_key[(key_type, key_id)] = [(ts_us, amount)]
+        else:
+            values.append((ts_us, amount))
+    tile_rows: list[TileRow] = []
+    for key in sorted(by_key):
+        key_tiles(key[0], key[1], by_key[key], tile_rows)
+    return TileBatch(raw_rows, tile_rows)
+
+
+def key_tiles(key_type: str, key_id: str, values: Sequence[tuple[int, int | None]], out: list[TileRow]) -> None:
+    """Append to ``out`` the merged tile deltas of one key's events, sorted by (level, tile id).
+
+    ``values`` are ``(ts_us, amount_units | None)`` of every event of the key (counted as given).
+    :func:`tile_deltas` is this over every key of a batch in key order; a caller that has its
+    events grouped by key already calls it per key.
+    """
+    append = out.append
+    if len(values) == 1:  # the common case for high-cardinality keys: one tile per level
+        ts_us, amount = values[0]
         for level_s, level_us in _LEVELS:
-            tile_key = (key_type, key_id, level_s, (ts_us - 1) // level_us)  # see _windows: tile_id
-            a = get(tile_key)
+            tile_id = (ts_us - 1) // level_us  # see _windows: tile_id
+            if amount is None:
+                append((key_type, key_id, level_s, tile_id, 1, 0, 0, None, None, ts_us))
+            else:
+                append((key_type, key_id, level_s, tile_id, 1, amount, 1, amount, amount, ts_us))
+        return
+    for level_s, level_us in _LEVELS:
+        # Accumulator per tile: [count, amount_sum, amount_count, amount_min, amount_max, last_ts_us].
+        acc: dict[int, list[Any]] = {}
+        for ts_us, amount in values:
+            tile_id = (ts_us - 1) // level_us
+            a = acc.get(tile_id)
             if a is None:
                 if amount is None:
-                    acc[tile_key] = [1, 0, 0, None, None, ts_us]
+                    acc[tile_id] = [1, 0, 0, None, None, ts_us]
                 else:
-                    acc[tile_key] = [1, amount, 1, amount, amount, ts_us]
+                    acc[tile_id] = [1, amount, 1, amount, amount, ts_us]
                 continue
             a[0] += 1
             if amount is not None:
@@ -131,11 +163,9 @@ def tile_deltas(events: Iterable[TrafficEvent]) -> TileBatch:
                     a[4] = amount
             if ts_us > a[5]:
                 a[5] = ts_us
-    tile_rows: list[TileRow] = [
-        (k[0], k[1], k[2], k[3], v[0], v[1], v[2], v[3], v[4], v[5])
-        for k, v in sorted(acc.items())
-    ]
-    return TileBatch(raw_rows, tile_rows)
+        for tile_id in sorted(acc):
+            v = acc[tile_id]
+            append((key_type, key_id, level_s, tile_id, v[0], v[1], v[2], v[3], v[4], v[5]))
 
 
 def merge_tile_row(stored: TileRow, delta: TileRow) -> TileRow:

@@ -6,12 +6,13 @@ from ctxplane.config.settings import StoreSettings
 from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.store.backend import StoreBackend
 from ctxplane.runtime.store.dialect import DIALECTS, Dialect
-from ctxplane.runtime.store.program import ExecMany, Execute, Fetch, Op, Program, Row
+from ctxplane.runtime.store.program import CopyRows, ExecMany, Execute, Fetch, Op, Program, Row, StageTable
 from ctxplane.runtime.store.schema import MIGRATIONS, SchemaStatus
 
 __all__ = (
     "DIALECTS",
     "MIGRATIONS",
+    "CopyRows",
     "Dialect",
     "ExecMany",
     "Execute",
@@ -20,6 +21,7 @@ __all__ = (
     "Program",
     "Row",
     "SchemaStatus",
+    "StageTable",
     "StoreBackend",
     "open_store",
 )

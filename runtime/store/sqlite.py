@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ import anyio.to_thread
 from ctxplane.runtime.exceptions import StoreDataError, StoreError, StoreUnavailable
 from ctxplane.runtime.store.backend import StoreBackend
 from ctxplane.runtime.store.dialect import SQLITE
-from ctxplane.runtime.store.program import ExecMany, Execute, Fetch, Program
+from ctxplane.runtime.store.program import CopyRows, ExecMany, Execute, Fetch, Program, StageTable
 
 __all__ = ("SqliteStore", "open_sqlite", "run_program_sync")
 
@@ -39,6 +40,7 @@ _UNAVAILABLE_MARKERS = ("locked", "busy", "disk i/o", "unable to open", "readonl
 def run_program_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
     """Drive ``program`` to completion on ``conn`` (in the calling thread)."""
     render = SQLITE.render
+    staged: set[str] = set()
     try:
         op = next(program)
         while True:
@@ -52,6 +54,10 @@ def run_program_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
                 elif type(op) is Execute:
                     conn.execute(render(op.sql), op.params)
                     result = None
+                elif type(op) is CopyRows:
+                    _copy_rows(conn, op)
+                    staged.add(op.table.name)
+                    result = None
                 else:
                     raise TypeError(f"not a store operation: {op!r}")
             except OverflowError as exc:
@@ -60,7 +66,23 @@ def run_program_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
                 raise StoreDataError(f"sqlite store refused a value: {exc}") from exc
             op = program.send(result)
     except StopIteration as stop:
+        for name in staged:  # empty again before the commit, as PostgreSQL's ON COMMIT DELETE ROWS
+            conn.execute(f"DELETE FROM temp.{name}")
         return stop.value  # type: ignore[no-any-return]
+
+
+def _copy_rows(conn: sqlite3.Connection, op: CopyRows) -> None:
+    """Stage ``op.rows`` in a TEMP table of this connection (created on first use, emptied first;
+    the program's end empties it again, so every transaction finds it empty)."""
+    conn.execute(op.table.create_sql())
+    conn.execute(f"DELETE FROM temp.{op.table.name}")
+    if op.rows:
+        conn.executemany(_stage_insert(op.table), op.rows)
+
+
+@lru_cache(maxsize=64)
+def _stage_insert(table: StageTable) -> str:
+    return f"INSERT INTO temp.{table.name} VALUES ({', '.join('?' * len(table.columns))})"
 
 
 def _classify(exc: sqlite3.Error) -> StoreError:
