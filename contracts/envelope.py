@@ -8,6 +8,7 @@ agreement; the hot path never builds a model per event.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -17,10 +18,14 @@ from ctxplane.contracts.timestamps import TS_PATTERN
 
 __all__ = (
     "PIN_FIELDS",
+    "PIN_FORMATS",
+    "PINS_HINT",
     "ContextPins",
     "Envelope",
+    "PinsProblems",
     "envelope_error",
     "pins_error",
+    "pins_problems",
 )
 
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
@@ -158,20 +163,77 @@ def envelope_error(envelope: dict[str, Any]) -> str | None:
     return None
 
 
-def pins_error(pins: object) -> str | None:
-    """Validate request pins (the six required, formats checked); ``None`` when valid."""
+# What each pin must look like, said in the detail of an answer that refuses it.
+PIN_FORMATS: dict[str, str] = {
+    "platform_run_id": "platform_YYYYMMDDTHHMMSSZ",
+    "scenario_run_id": "32 lowercase hex characters",
+    "manifest_fingerprint": "64 lowercase hex characters",
+    "parameter_hash": "64 lowercase hex characters",
+    "scenario_id": "a string of 1..256 characters",
+    "seed": "an integer 0..2^64-1",
+    "run_id": "32 lowercase hex characters, optional",
+}
+_PIN_NAMES = (*PIN_FIELDS, "run_id")
+# Where a client finds the pins of a run it did not write (actors/app/cli.py, ``ctxplane runs``).
+PINS_HINT = "`ctxplane runs` lists the pins of the runs the store holds"
+
+
+@dataclass(frozen=True, slots=True)
+class PinsProblems:
+    """Everything wrong with a request's pins, found in one pass (so a client fixes them at once).
+
+    ``missing``: required pins absent or null, in :data:`PIN_FIELDS` order; ``invalid``: present with
+    a wrong type or format; ``unknown``: fields that are not pins. ``not_object``: ``pins`` is absent
+    or not an object (then every required pin counts as missing).
+    """
+
+    missing: tuple[str, ...] = ()
+    invalid: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+    not_object: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.invalid or self.unknown or self.not_object)
+
+    def detail(self) -> str:
+        """One line naming every problem, e.g. ``pins.seed, pins.parameter_hash are required; ...``."""
+        if self.not_object:
+            return f"pins must be an object with {', '.join(PIN_FIELDS)} (and optionally run_id); {PINS_HINT}"
+        parts: list[str] = []
+        if self.missing:
+            names = ", ".join(f"pins.{name}" for name in self.missing)
+            parts.append(f"{names} {'is' if len(self.missing) == 1 else 'are'} required")
+        for name in self.invalid:
+            parts.append(f"pins.{name} is invalid (expected {PIN_FORMATS[name]})")
+        if self.unknown:
+            names = ", ".join(f"pins.{name}" for name in self.unknown)
+            verb = "is not a pin" if len(self.unknown) == 1 else "are not pins"
+            parts.append(f"{names} {verb} (pins: {', '.join(_PIN_NAMES)})")
+        detail = "; ".join(parts)
+        return f"{detail}; {PINS_HINT}" if self.missing else detail
+
+
+def pins_problems(pins: object) -> PinsProblems:
+    """Check request pins: the six required, each format, no other field. Empty when valid."""
     if not isinstance(pins, dict):
-        return "pins must be an object"
-    for name in PIN_FIELDS:
-        if pins.get(name) is None:
-            return f"pins.{name} is required"
+        return PinsProblems(missing=PIN_FIELDS, not_object=True)
+    missing = tuple(name for name in PIN_FIELDS if pins.get(name) is None)
+    invalid: list[str] = []
+    unknown: list[str] = []
     for name, value in pins.items():
-        if name not in _CHECKS or name not in (*PIN_FIELDS, "run_id"):
-            return f"pins.{name} is not a pin"
-        if value is None and name == "run_id":
-            continue
-        if name == "scenario_id" and type(value) is int:
-            return "pins.scenario_id must be a string"
-        if not _CHECKS[name][1](value):
-            return f"pins.{name} is invalid"
-    return None
+        if name not in _PIN_NAMES:
+            unknown.append(str(name))
+        elif value is None:
+            continue  # missing (a required pin) or absent (run_id)
+        elif name == "scenario_id" and type(value) is int:
+            invalid.append(name)  # events may carry an integer scenario_id; requests name the stored string
+        elif not _CHECKS[name][1](value):
+            invalid.append(name)
+    return PinsProblems(missing, tuple(invalid), tuple(unknown))
+
+
+def pins_error(pins: object) -> str | None:
+    """Validate request pins (the six required, formats checked); ``None`` when valid, else one
+    line naming every problem (:meth:`PinsProblems.detail`)."""
+    problems = pins_problems(pins)
+    return problems.detail() if problems else None

@@ -82,6 +82,29 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The runs the store holds with their full ContextPins (one per line, or ``--json``)."""
+    from ctxplane.actors.operate.run_list import render_runs, runs_program
+    from ctxplane.runtime.store import open_store
+
+    settings = _settings(args)
+
+    async def runs() -> list[dict[str, Any]]:
+        async with await open_store(settings.store) as store:
+            if (await store.schema_status()).pending:
+                raise UsageError("the store has no current schema; run `ctxplane migrate` or `ctxplane run` first")
+            return await store.read(runs_program())
+
+    found = anyio.run(runs)
+    if args.json:
+        _print_json(found)
+    elif found:
+        print(render_runs(found))
+    else:
+        print("the store holds no runs yet (no event was applied)", file=sys.stderr)
+    return 0
+
+
 def _operator_deadline_ms(settings: Any) -> int:
     """The deadline of the operator's `status` / `ack` requests: 5 s (capped by query.max_deadline_ms),
     so a loaded machine answers the health actor's state rather than HEALTH_UNAVAILABLE after 0.8 s."""
@@ -241,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("digest", "print the semantic state digest of the store")
     p.add_argument("--ledger", action="store_true", help="digest the apply-failure ledger instead")
     p.set_defaults(func=cmd_digest)
+    p = with_config("runs", "list the runs the store holds with their full ContextPins (the pins a query needs),"
+                            " from the store alone")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a JSON array)")
+    p.set_defaults(func=cmd_runs)
     p = sub.add_parser("demo", help="write a synthetic, valid workload to a file bus")
     p.add_argument("--flows", type=int, default=50)
     p.add_argument("--partitions", type=int, default=2)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctxplane.contracts.canonical import digest
-from ctxplane.contracts.envelope import pins_error
+from ctxplane.contracts.envelope import pins_problems
 from ctxplane.contracts.features.aggregate import Agg, present
 from ctxplane.contracts.features.policy import FeatureGroup, FeaturePolicy
 from ctxplane.contracts.features.tiles import as_of_beyond_retention
@@ -67,11 +67,11 @@ def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> Fe
     if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
         return "INVALID_REQUEST", "request_id must be a string of 1..128 characters"
     pins = request.get("pins")
-    if not pins:
-        return "MISSING_PINS", "pins are required"
-    problem = pins_error(pins)
-    if problem is not None:
-        return ("MISSING_PINS" if problem.endswith("is required") else "INVALID_REQUEST"), problem
+    problems = pins_problems(pins)
+    if problems:
+        # Every pin problem in one detail; MISSING_PINS when a pin is absent, INVALID_REQUEST otherwise.
+        missing = not pins or (problems.missing and not problems.not_object)
+        return ("MISSING_PINS" if missing else "INVALID_REQUEST"), problems.detail()
     as_of = request.get("as_of_time_utc")
     if as_of is None:
         return "INVALID_REQUEST", "as_of_time_utc is required"

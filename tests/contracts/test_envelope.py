@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ctxplane.contracts.envelope import Envelope, envelope_error, pins_error
+from ctxplane.contracts.envelope import PIN_FIELDS, Envelope, envelope_error, pins_error, pins_problems
 from tests.support.workload import PINS, envelope
 
 VALID = envelope("arrival_events_5B", {"merchant_id": "m-1", "arrival_seq": 1})
@@ -58,10 +58,23 @@ def test_invalid_formats(field: str, value: Any) -> None:
 def test_pins() -> None:
     assert pins_error(PINS) is None
     assert pins_error({k: v for k, v in PINS.items() if k != "run_id"}) is None
-    assert pins_error(None) == "pins must be an object"
-    assert pins_error({**PINS, "seed": None}) == "pins.seed is required"
-    assert pins_error({**PINS, "scenario_run_id": "x"}) == "pins.scenario_run_id is invalid"
-    assert pins_error({**PINS, "flow_id": "x"}) == "pins.flow_id is not a pin"
+    assert pins_error(None) == ("pins must be an object with platform_run_id, scenario_run_id, manifest_fingerprint,"
+                                " parameter_hash, scenario_id, seed (and optionally run_id);"
+                                " `ctxplane runs` lists the pins of the runs the store holds")
+    assert pins_error({**PINS, "seed": None}) == "pins.seed is required; `ctxplane runs` lists the pins of the runs the store holds"
+    assert pins_error({**PINS, "scenario_run_id": "x"}) == "pins.scenario_run_id is invalid (expected 32 lowercase hex characters)"
+    assert pins_error({**PINS, "flow_id": "x"}).startswith("pins.flow_id is not a pin (pins: platform_run_id, ")  # type: ignore[union-attr]
+
+
+def test_every_pin_problem_is_reported_at_once_in_pin_order() -> None:
+    problems = pins_problems({"seed": True, "platform_run_id": PINS["platform_run_id"], "a": 1, "b": 2, "scenario_id": 3})
+    assert problems.missing == ("scenario_run_id", "manifest_fingerprint", "parameter_hash")
+    assert problems.invalid == ("seed", "scenario_id") and problems.unknown == ("a", "b")
+    assert problems.detail().startswith(
+        "pins.scenario_run_id, pins.manifest_fingerprint, pins.parameter_hash are required; "
+        "pins.seed is invalid (expected an integer 0..2^64-1); pins.scenario_id is invalid (expected a string of 1..256"
+        " characters); pins.a, pins.b are not pins (pins: ")
+    assert not pins_problems(PINS) and pins_problems({}).missing == PIN_FIELDS
 
 
 def test_a_known_valid_run_identity_does_not_whitelist_lookalike_values() -> None:
