@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_parser(sub)
     from ctxplane.actors.app.cli_drill import add_drill_parser
     add_drill_parser(sub)
+    from ctxplane.actors.app.cli_config import add_config_parser
+    add_config_parser(sub)
     return parser
 
 
@@ -301,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(arguments)
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"ctxplane: {exc}", file=sys.stderr)
+        _say(exc)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -310,17 +312,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except CtxplaneError as exc:
-        print(f"ctxplane: {exc}", file=sys.stderr)
+        _say(exc)
         return 1
     except BaseExceptionGroup as group:
         first = _first_leaf(group)
         if isinstance(first, UsageError):
-            print(f"ctxplane: {first}", file=sys.stderr)
+            _say(first)
             return 2
         if isinstance(first, CtxplaneError):
-            print(f"ctxplane: {first}", file=sys.stderr)
+            _say(first)
             return 1
         raise
+
+
+def _say(exc: BaseException) -> None:
+    """One line per problem on stderr (a configuration may have several, all reported at once)."""
+    for line in str(exc).splitlines() or [""]:
+        print(f"ctxplane: {line}", file=sys.stderr)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
