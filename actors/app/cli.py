@@ -174,17 +174,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     health = answer.get("health", {})
     state = health.get("state", "RED")
     if args.json:
-        _print_json(answer)
+        _print_json({**answer, "unread_topics": _unread_topics(settings)})
     elif args.check:
         reasons = health.get("reasons", [])
         print(f"{state}: {', '.join(reasons)}" if reasons else state)
     else:
         from ctxplane.actors.app.status_view import render_status
 
-        print(render_status(answer))
+        print(render_status(answer, unread_topics=_unread_topics(settings)))
     if args.check and _RANK.get(state, 2) >= _RANK[args.fail_on.upper()]:
         return STATUS_EXIT.get(state, STATUS_EXIT["RED"])
     return 0
+
+
+def _unread_topics(settings: Any) -> list[dict[str, Any]]:
+    """Topics on the (file) bus that no plane reads: records published there are never applied."""
+    from ctxplane.actors.app.bus_topics import file_bus_topics, unread_topics
+
+    if settings.bus.kind != "file":
+        return []  # a Kinesis account holds other applications' streams too: not ours to list
+    return unread_topics(file_bus_topics(Path(settings.bus.root)), settings.topics())
 
 
 def _verdict(state: str, reasons: list[str]) -> str:
