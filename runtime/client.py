@@ -52,7 +52,8 @@ class AsyncClient:
                 else:
                     self._stream = await anyio.connect_tcp(host, port)
         except (OSError, TimeoutError) as exc:
-            raise QueryEndpointUnavailable(f"cannot reach the query endpoint {self._listen}: {exc}") from None
+            reason = getattr(exc, "strerror", None) or str(exc) or f"no connection within {self._timeout} s"
+            raise QueryEndpointUnavailable(f"cannot reach the query endpoint {self._listen}: {reason}") from None
         return self
 
     async def __aenter__(self) -> Self:
