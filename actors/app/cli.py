@@ -229,11 +229,13 @@ def cmd_ack(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ctxplane.actors.operate.demo_workload import write_demo_bus
+    from ctxplane.actors.operate.demo_workload import demo_pins, write_demo_bus
 
     counts = write_demo_bus(Path(args.root), args.flows, partitions=args.partitions)
     total = sum(counts.values()) if isinstance(counts, dict) else counts
     print(f"wrote a demo workload of {args.flows} flows ({total} events) to {args.root}")
+    # The pins every query about this run presents (`ctxplane runs` prints them from the store too).
+    print(f"pins: {orjson.dumps(demo_pins()).decode()}")
     return 0
 
 
