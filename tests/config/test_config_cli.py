@@ -114,3 +114,14 @@ def test_the_readme_docs_and_profiles_name_only_config_keys_that_exist() -> None
     assert wrong == []
     # The checker itself catches the key the README once documented.
     assert _DOTTED.findall("set `ingest.batch_size` to 500") == [("ingest", "batch_size")]
+
+
+def test_the_configuration_reference_lists_every_key_with_its_default() -> None:
+    from ctxplane.actors.app.cli_config import _yaml_value
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `(.*?)` \|", text, re.M))
+    defaults = Settings()
+    expected = {f"{section}.{key}": _yaml_value(value)
+                for section in _SECTIONS for key, value in getattr(defaults, section).model_dump(mode="json").items()}
+    assert rows == expected
