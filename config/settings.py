@@ -1,7 +1,9 @@
 """Deployment configuration: one YAML file per profile, validated by pydantic.
 
 Rules (interfaces.md §3):
-- unknown keys are errors; every error is one line naming the dotted key;
+- unknown keys are errors; every problem is reported at once, one line each naming the dotted key,
+  where it came from (the file or the environment variable) and, for an unknown key, the closest
+  valid ones (:func:`inspect_settings`; ``ctxplane config check``);
 - ``CTXPLANE__SECTION__KEY`` environment variables override file values (values are parsed as YAML
   scalars/flow collections, so ``true``, ``12``, ``null`` and ``[a, b]`` work);
 - relative paths resolve against the directory of the config file (or the working directory when
@@ -11,10 +13,13 @@ Rules (interfaces.md §3):
 
 from __future__ import annotations
 
+import copy
+import difflib
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,6 +31,7 @@ from ctxplane.contracts.yamlfile import YAMLError, load_yaml, yaml_problem
 
 __all__ = (
     "BusSettings",
+    "ConfigReport",
     "DrillSettings",
     "FeaturesSettings",
     "IngestSettings",
@@ -37,6 +43,7 @@ __all__ = (
     "RunSettings",
     "Settings",
     "StoreSettings",
+    "inspect_settings",
     "load_settings",
     "is_loopback",
     "redact_dsn",
@@ -278,6 +285,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What loading a configuration found: the settings (``None`` when invalid), every problem (one
+    line each, naming the key and where it came from), and the keys environment variables set."""
+
+    settings: Settings | None
+    problems: tuple[str, ...]
+    overrides: Mapping[str, str]  # dotted key -> the CTXPLANE__... variable that set it
+
+
 def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
     """Load, override from the environment, validate and resolve a configuration.
 
@@ -289,77 +306,170 @@ def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | 
         A frozen :class:`Settings` whose relative paths are resolved against the file's directory.
 
     Raises:
-        ConfigError: missing or unreadable file, bad YAML, unknown key or invalid value; the message is
-            one line and names the key.
+        ConfigError: missing or unreadable file, bad YAML, unknown keys or invalid values. The
+            message has one line per problem (every problem at once), each naming the key, where it
+            came from (the file, or the environment variable that set it) and, for an unknown key,
+            the closest valid keys.
+    """
+    report = inspect_settings(path, env)
+    if report.problems:
+        raise ConfigError("\n".join(report.problems))
+    assert report.settings is not None
+    return report.settings
+
+
+def inspect_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> ConfigReport:
+    """:func:`load_settings` without raising for what is wrong: every problem is reported.
+
+    A file that cannot be read or parsed is one problem (nothing else can be checked then);
+    otherwise every malformed override, unknown key and invalid value is listed.
     """
     raw: dict[str, Any] = {}
     base = Path.cwd()
+    where = f"{path}: " if path is not None else ""
     if path is not None:
         file = Path(path)
         try:
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"config file not found: {file}") from None
+            return ConfigReport(None, (f"config file not found: {file}",), {})
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+            return ConfigReport(None, (f"cannot read config file {file}: {exc}",), {})
         try:
             loaded = load_yaml(text)
         except YAMLError as exc:
-            raise ConfigError(f"{file}: {yaml_problem(exc)}") from None
+            return ConfigReport(None, (f"{file}: {yaml_problem(exc)}",), {})
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping of sections")
+            return ConfigReport(None, (f"{file}: the top level must be a mapping of sections",), {})
         raw = loaded
         base = file.resolve().parent
-    _apply_env_overrides(raw, os.environ if env is None else env)
+    in_file = copy.deepcopy(raw)
+    overrides, problems = _apply_env_overrides(raw, os.environ if env is None else env)
+    dotted = {".".join(keys): name for keys, name in overrides.items()}
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_first_error(exc, path)) from None
-    _check_exposure(settings, path)
-    return _resolve_paths(settings, base, Path(path) if path is not None else None)
+        problems += _problems(exc, where, overrides, in_file)
+        return ConfigReport(None, tuple(problems), dotted)
+    if problems:
+        return ConfigReport(None, tuple(problems), dotted)
+    exposure = _exposure_problem(settings, where)
+    if exposure is not None:
+        return ConfigReport(None, (exposure,), dotted)
+    return ConfigReport(_resolve_paths(settings, base, Path(path) if path is not None else None), (), dotted)
 
 
-def _check_exposure(settings: Settings, path: str | os.PathLike[str] | None) -> None:
+def _exposure_problem(settings: Settings, where: str) -> str | None:
     """Refuse, before anything starts, a query socket others can reach without a token."""
     listen = settings.query.listen
     if listen.startswith("tcp://") and not settings.query.auth_token:
         host = listen[len("tcp://") :].rpartition(":")[0]
         if not is_loopback(host):
-            where = f"{path}: " if path is not None else ""
-            raise ConfigError(f"{where}query.auth_token: required when query.listen binds a non-loopback address ({host})")
+            return f"{where}query.auth_token: required when query.listen binds a non-loopback address ({host})"
+    return None
 
 
-def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, value in env.items():
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> tuple[dict[tuple[str, ...], str], list[str]]:
+    """Apply ``CTXPLANE__SECTION__KEY`` variables to ``raw``; returns the key paths they set (with the
+    variable's name) and one problem per variable that cannot be applied."""
+    overrides: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(keys):
-            raise ConfigError(f"{name}: malformed override (expected CTXPLANE__SECTION__KEY)")
+            problems.append(f"environment variable {name}: malformed override (expected CTXPLANE__SECTION__KEY)")
+            continue
         node = raw
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"{name}: {key} is not a section")
+                problems.append(f"environment variable {name}: {'.'.join(keys[: depth + 1])} is not a section")
+                break
             node = child
-        try:
-            node[keys[-1]] = load_yaml(value) if value != "" else None
-        except YAMLError:
-            node[keys[-1]] = value
+        else:
+            try:
+                node[keys[-1]] = load_yaml(value) if value != "" else None
+            except YAMLError:
+                node[keys[-1]] = value
+            overrides[tuple(keys)] = name
+    return overrides, problems
 
 
-def _first_error(exc: ValidationError, path: str | os.PathLike[str] | None) -> str:
-    error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    where = f"{path}: " if path is not None else ""
-    if error["type"] == "extra_forbidden":
-        return f"{where}{key}: unknown key"
-    message = error["msg"].removeprefix("Value error, ")
-    value = error.get("input")
-    shown = "" if isinstance(value, dict | list) or "dsn" in key or "token" in key else f" (got {value!r})"
-    return f"{where}{key}: {message}{shown}"
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The settings model whose keys ``loc`` names (``()``: the sections), or None below the models."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _keys_of(model: type[BaseModel]) -> list[str]:
+    return [name for name, field in model.model_fields.items() if not field.exclude]
+
+
+def _suggestion(loc: tuple[str, ...], env_keys: tuple[str, ...] | None) -> str:
+    """``did you mean ...?`` for an unknown key: close spellings in its section, or the same key in
+    another section; else the valid keys of the section. Spelled as the user wrote it (an
+    environment variable, or a dotted key)."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return ""
+    key, valid = loc[-1], _keys_of(model)
+    close = [(*loc[:-1], name) for name in difflib.get_close_matches(key, valid, n=2, cutoff=0.5)]
+    if len(loc) == 2:  # the same key under another section (query.dsn -> store.dsn)
+        close += [(section, key) for section in _keys_of(Settings)
+                  if section != loc[0] and key in _keys_of(_model_at((section,)) or Settings)]
+    def spell(path: tuple[str, ...]) -> str:
+        if env_keys is None:
+            return ".".join(path)
+        return ENV_PREFIX + "__".join((*path, *env_keys[len(loc):])).upper()  # CTXPLANE__STOER__DSN -> ..STORE__DSN
+
+    if close:
+        return f" (did you mean {' or '.join(spell(path) for path in close[:3])}?)"
+    what = f"keys of {'.'.join(loc[:-1])}" if loc[:-1] else "sections"
+    return f" ({what}: {', '.join(valid)})"
+
+
+def _source(loc: tuple[str, ...], overrides: Mapping[tuple[str, ...], str],
+            in_file: Mapping[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    """The environment variable (its key path and name) that put the value at ``loc`` there, or
+    None when the file did."""
+    for keys, name in overrides.items():
+        if loc[: len(keys)] == keys:  # the variable set loc or a value containing it
+            return keys, name
+    node: Any = in_file
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            # Not in the file: a variable set something below loc (an unknown section, say).
+            return next(((keys, name) for keys, name in overrides.items() if keys[: len(loc)] == loc), None)
+        node = node[part]
+    return None
+
+
+def _problems(exc: ValidationError, where: str, overrides: Mapping[tuple[str, ...], str],
+              in_file: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) or "(top level)"
+        source = _source(loc, overrides, in_file) if loc else None
+        origin = f"environment variable {source[1]}: " if source is not None else where
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{origin}{key}: unknown key{_suggestion(loc, source[0] if source else None)}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        shown = "" if isinstance(value, dict | list) or "dsn" in key or "token" in key else f" (got {value!r})"
+        problems.append(f"{origin}{key}: {message}{shown}")
+    return problems
 
 
 def _resolve_paths(settings: Settings, base: Path, source: Path | None) -> Settings:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -18,14 +19,18 @@ from ctxplane.contracts.timestamps import TS_PATTERN
 
 __all__ = (
     "PIN_FIELDS",
+    "PIN_FORMATS",
+    "PINS_HINT",
     "ContextPins",
     "Envelope",
     "OPTIONAL_PINS",
+    "PinsProblems",
     "envelope_error",
     "field_check",
     "pins_error",
     "pins_mismatch",
     "pins_problem",
+    "pins_problems",
 )
 
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
@@ -165,6 +170,82 @@ def envelope_error(envelope: dict[str, Any]) -> str | None:
     return None
 
 
+# What each pin must look like, said in the detail of an answer that refuses it.
+PIN_FORMATS: dict[str, str] = {
+    "platform_run_id": "platform_YYYYMMDDTHHMMSSZ",
+    "scenario_run_id": "32 lowercase hex characters",
+    "manifest_fingerprint": "64 lowercase hex characters",
+    "parameter_hash": "64 lowercase hex characters",
+    "scenario_id": "a string of 1..256 characters",
+    "seed": "an integer 0..2^64-1",
+    "run_id": "32 lowercase hex characters, optional",
+}
+_PIN_NAMES = (*PIN_FIELDS, "run_id")
+# Where a client finds the pins of a run it did not write (actors/app/cli.py, ``ctxplane runs``).
+PINS_HINT = "`ctxplane runs` lists the pins of the runs the store holds"
+
+
+@dataclass(frozen=True, slots=True)
+class PinsProblems:
+    """Everything wrong with a request's pins, found in one pass (so a client fixes them at once).
+
+    ``missing``: required pins absent or null, in :data:`PIN_FIELDS` order; ``invalid``: present with
+    a wrong type or format; ``unknown``: fields that are not pins. ``not_object``: ``pins`` is absent
+    or not an object (then every required pin counts as missing).
+    """
+
+    missing: tuple[str, ...] = ()
+    invalid: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+    not_object: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.invalid or self.unknown or self.not_object)
+
+    def detail(self) -> str:
+        """One line naming every problem, e.g. ``pins.seed, pins.parameter_hash are required; ...``."""
+        if self.not_object:
+            return f"pins must be an object with {', '.join(PIN_FIELDS)} (and optionally run_id); {PINS_HINT}"
+        parts: list[str] = []
+        if self.missing:
+            names = ", ".join(f"pins.{name}" for name in self.missing)
+            parts.append(f"{names} {'is' if len(self.missing) == 1 else 'are'} required")
+        for name in self.invalid:
+            parts.append(f"pins.{name} is invalid (expected {PIN_FORMATS[name]})")
+        if self.unknown:
+            names = ", ".join(f"pins.{name}" for name in self.unknown)
+            verb = "is not a pin" if len(self.unknown) == 1 else "are not pins"
+            parts.append(f"{names} {verb} (pins: {', '.join(_PIN_NAMES)})")
+        detail = "; ".join(parts)
+        return f"{detail}; {PINS_HINT}" if self.missing else detail
+
+
+def pins_problems(pins: object) -> PinsProblems:
+    """Check request pins: the six required, each format, no other field. Empty when valid."""
+    if not isinstance(pins, dict):
+        return PinsProblems(missing=PIN_FIELDS, not_object=True)
+    missing = tuple(name for name in PIN_FIELDS if pins.get(name) is None)
+    invalid: list[str] = []
+    unknown: list[str] = []
+    for name, value in pins.items():
+        if name not in _PIN_NAMES:
+            unknown.append(str(name))
+        elif value is None:
+            continue  # missing (a required pin) or absent (run_id)
+        elif name == "scenario_id" and type(value) is int:
+            invalid.append(name)  # events may carry an integer scenario_id; requests name the stored string
+        elif not _CHECKS[name][1](value):
+            invalid.append(name)
+    return PinsProblems(missing, tuple(invalid), tuple(unknown))
+
+
+def pins_error(pins: object) -> str | None:
+    """Validate request pins (the six required, formats checked); ``None`` when valid, else one
+    line naming every problem (:meth:`PinsProblems.detail`)."""
+    problems = pins_problems(pins)
+    return problems.detail() if problems else None
+
+
 def field_check(name: str) -> Callable[[object], bool]:
     """The format check :func:`envelope_error` applies to a present, non-null field ``name``.
 
@@ -174,36 +255,18 @@ def field_check(name: str) -> Callable[[object], bool]:
     return _CHECKS[name][1]
 
 
-def pins_error(pins: object) -> str | None:
-    """Validate request pins (the six required, formats checked); ``None`` when valid."""
-    problem = pins_problem(pins)
-    return None if problem is None else problem[1]
-
-
 def pins_problem(pins: object) -> tuple[str, str] | None:
-    """Validate request pins; ``None`` when valid, else ``(code, detail)``.
+    """Validate request pins; ``None`` when valid, else ``(code, detail)`` naming every problem.
 
     ``code`` is ``MISSING_PINS`` when pins are absent or a required pin is omitted (or ``null``),
     ``INVALID_REQUEST`` when a pin is malformed or a key is not a pin. Only the pins in
     :data:`OPTIONAL_PINS` may be omitted.
     """
-    if pins is None or pins == {}:
-        return "MISSING_PINS", "pins are required (" + ", ".join(PIN_FIELDS) + ")"
-    if not isinstance(pins, dict):
-        return "INVALID_REQUEST", "pins must be an object"
-    for name in PIN_FIELDS:
-        if pins.get(name) is None:
-            return "MISSING_PINS", f"pins.{name} is required"
-    for name, value in pins.items():
-        if name not in _CHECKS or name not in (*PIN_FIELDS, *OPTIONAL_PINS):
-            return "INVALID_REQUEST", f"pins.{name} is not a pin"
-        if value is None and name in OPTIONAL_PINS:
-            continue
-        if name == "scenario_id" and type(value) is int:
-            return "INVALID_REQUEST", "pins.scenario_id must be a string"
-        if not _CHECKS[name][1](value):
-            return "INVALID_REQUEST", f"pins.{name} is invalid"
-    return None
+    problems = pins_problems(pins)
+    if not problems:
+        return None
+    missing = not pins or (bool(problems.missing) and not problems.not_object)
+    return ("MISSING_PINS" if missing else "INVALID_REQUEST"), problems.detail()
 
 
 def pins_mismatch(request_pins: Mapping[str, Any], stored_pins: Mapping[str, Any]) -> list[str]:

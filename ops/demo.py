@@ -72,7 +72,8 @@ def main() -> int:
         "logging": {"format": "json", "level": "info"},
     }))
     section(f"1. publish a synthetic workload ({FLOWS} flows) to the file bus")
-    print("  " + ctxplane("demo", "--flows", str(FLOWS), "--root", str(DEMO / "eb")).stdout.strip())
+    for line in ctxplane("demo", "--flows", str(FLOWS), "--root", str(DEMO / "eb")).stdout.splitlines():
+        print("  " + line)
 
     section("2. run the supervisor (file bus + SQLite) and query it over its Unix socket")
     started = time.monotonic()

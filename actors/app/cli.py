@@ -83,6 +83,29 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The runs the store holds with their full ContextPins (one per line, or ``--json``)."""
+    from ctxplane.actors.operate.run_list import render_runs, runs_program
+    from ctxplane.runtime.store import open_store
+
+    settings = _settings(args)
+
+    async def runs() -> list[dict[str, Any]]:
+        async with await open_store(settings.store) as store:
+            if (await store.schema_status()).pending:
+                raise UsageError("the store has no current schema; run `ctxplane migrate` or `ctxplane run` first")
+            return await store.read(runs_program())
+
+    found = anyio.run(runs)
+    if args.json:
+        _print_json(found)
+    elif found:
+        print(render_runs(found))
+    else:
+        print("the store holds no runs yet (no event was applied)", file=sys.stderr)
+    return 0
+
+
 def _operator_deadline_ms(settings: Any) -> int:
     """The deadline of the operator's `status` / `ack` requests: 5 s (capped by query.max_deadline_ms),
     so a loaded machine answers the health actor's state rather than HEALTH_UNAVAILABLE after 0.8 s."""
@@ -152,17 +175,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     health = answer.get("health", {})
     state = health.get("state", "RED")
     if args.json:
-        _print_json(answer)
+        _print_json({**answer, "unread_topics": _unread_topics(settings)})
     elif args.check:
         reasons = health.get("reasons", [])
         print(f"{state}: {', '.join(reasons)}" if reasons else state)
     else:
         from ctxplane.actors.app.status_view import render_status
 
-        print(render_status(answer))
+        print(render_status(answer, unread_topics=_unread_topics(settings)))
     if args.check and _RANK.get(state, 2) >= _RANK[args.fail_on.upper()]:
         return STATUS_EXIT.get(state, STATUS_EXIT["RED"])
     return 0
+
+
+def _unread_topics(settings: Any) -> list[dict[str, Any]]:
+    """Topics on the (file) bus that no plane reads: records published there are never applied."""
+    from ctxplane.actors.app.bus_topics import file_bus_topics, unread_topics
+
+    if settings.bus.kind != "file":
+        return []  # a Kinesis account holds other applications' streams too: not ours to list
+    return unread_topics(file_bus_topics(Path(settings.bus.root)), settings.topics())
 
 
 def _verdict(state: str, reasons: list[str]) -> str:
@@ -198,11 +230,13 @@ def cmd_ack(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ctxplane.actors.operate.demo_workload import write_demo_bus
+    from ctxplane.actors.operate.demo_workload import demo_pins, write_demo_bus
 
     counts = write_demo_bus(Path(args.root), args.flows, partitions=args.partitions)
     total = sum(counts.values()) if isinstance(counts, dict) else counts
     print(f"wrote a demo workload of {args.flows} flows ({total} events) to {args.root}")
+    # The pins every query about this run presents (`ctxplane runs` prints them from the store too).
+    print(f"pins: {orjson.dumps(demo_pins()).decode()}")
     return 0
 
 
@@ -242,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("digest", "print the semantic state digest of the store")
     p.add_argument("--ledger", action="store_true", help="digest the apply-failure ledger instead")
     p.set_defaults(func=cmd_digest)
+    p = with_config("runs", "list the runs the store holds with their full ContextPins (the pins a query needs),"
+                            " from the store alone")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a JSON array)")
+    p.set_defaults(func=cmd_runs)
     p = sub.add_parser("demo", help="write a synthetic, valid workload to a file bus")
     p.add_argument("--flows", type=int, default=50)
     p.add_argument("--partitions", type=int, default=2)
@@ -254,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_parser(sub)
     from ctxplane.actors.app.cli_drill import add_drill_parser
     add_drill_parser(sub)
+    from ctxplane.actors.app.cli_config import add_config_parser
+    add_config_parser(sub)
     return parser
 
 
@@ -275,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(arguments)
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"ctxplane: {exc}", file=sys.stderr)
+        _say(exc)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -287,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ctxplane: {exc}", file=sys.stderr)
         return exc.exit_code
     except CtxplaneError as exc:
-        print(f"ctxplane: {exc}", file=sys.stderr)
+        _say(exc)
         return 1
     except BaseExceptionGroup as group:
         first = _first_leaf(group)
@@ -295,12 +335,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ctxplane: {first}", file=sys.stderr)
             return first.exit_code
         if isinstance(first, UsageError):
-            print(f"ctxplane: {first}", file=sys.stderr)
+            _say(first)
             return 2
         if isinstance(first, CtxplaneError):
-            print(f"ctxplane: {first}", file=sys.stderr)
+            _say(first)
             return 1
         raise
+
+
+def _say(exc: BaseException) -> None:
+    """One line per problem on stderr (a configuration may have several, all reported at once)."""
+    for line in str(exc).splitlines() or [""]:
+        print(f"ctxplane: {line}", file=sys.stderr)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -127,15 +127,16 @@ def add_bus_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     tail.set_defaults(func=cmd_bus_tail)
 
 
-def _bus_location(args: argparse.Namespace) -> tuple[Path | None, Any]:
+def _bus_location(args: argparse.Namespace, settings: Any = None) -> tuple[Path | None, Any]:
     """``(file bus root, None)`` for ``--root`` or a file-bus config; ``(None, bus settings)`` when
-    ``--config`` names a Kinesis bus. The config is loaded once."""
+    ``--config`` names a Kinesis bus. The config is loaded once (or given, already loaded)."""
     if args.root is not None:
         return Path(args.root), None
-    # Imported here: settings pulls in pydantic models the --root path never needs.
-    from ctxplane.config.settings import load_settings
+    if settings is None:
+        # Imported here: settings pulls in pydantic models the --root path never needs.
+        from ctxplane.config.settings import load_settings
 
-    settings = load_settings(args.config)
+        settings = load_settings(args.config)
     if settings.bus.kind == "kinesis":
         return None, settings.bus
     return Path(settings.bus.root), None
@@ -209,8 +210,22 @@ def _os_failure(exc: OSError, doing: str) -> CtxplaneError:
 def cmd_bus_publish(args: argparse.Namespace) -> int:
     """``bus publish``: validate every input line first (nothing is published if one is bad), then
     publish all with one fsync per partition file (Kinesis: PutRecords batches). Prints
-    ``published N records to T (P partitions)``."""
-    root, kinesis = _bus_location(args)
+    ``published N records to T (P partitions)``; on stderr, a warning when no plane reads T (with
+    ``--root``: no plane of the default configuration)."""
+    from ctxplane.actors.app.bus_topics import unread_warning
+
+    if args.root is None:
+        from ctxplane.config.settings import load_settings
+
+        settings = load_settings(args.config)
+        consumed, whose = settings.topics(), str(args.config)
+    else:
+        from ctxplane.config.settings import Settings
+
+        settings = None
+        consumed, whose = Settings().topics(), "the default configuration (--root names no config)"
+    root, kinesis = _bus_location(args, settings)
+    warning = unread_warning(args.topic, consumed, whose)
     stream = _open_input(args.input)
     try:
         items = parse_envelope_lines(stream, args.key_field)
@@ -221,6 +236,7 @@ def cmd_bus_publish(args: argparse.Namespace) -> int:
         from ctxplane.actors.app.cli_bus_kinesis import publish_to_kinesis
 
         print(publish_to_kinesis(kinesis, args.topic, items, args.partitions))
+        _warn(warning)
         return 0
     assert root is not None
 
@@ -244,7 +260,13 @@ def cmd_bus_publish(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise _os_failure(exc, f"publish to {root}") from None
     print(f"published {len(items)} records to {args.topic} ({count} partitions)")
+    _warn(warning)
     return 0
+
+
+def _warn(warning: str | None) -> None:
+    if warning is not None:
+        print(f"ctxplane: {warning}", file=sys.stderr)
 
 
 def cmd_bus_create(args: argparse.Namespace) -> int:

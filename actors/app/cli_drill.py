@@ -56,7 +56,7 @@ def add_drill_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     """Register ``drill`` (sub-commands: the four drills) on the main CLI's sub-parsers."""
     drill = subparsers.add_parser(
         "drill", help="run a failure drill against the running supervisor (needs drills.enabled: true)",
-        description="Failure drills against a running `ctxplane run` (quality.md): each prints a verdict with "
+        description="Failure drills against a running `ctxplane run`: each prints a verdict with "
                     "figures. The process must run with drills.enabled: true. See ops/RUNBOOK.md.",
     )
     names = drill.add_subparsers(dest="drill", metavar="NAME", required=True)

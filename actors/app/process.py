@@ -94,6 +94,23 @@ def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
     return stop
 
 
+def _warn_unread_planes(settings: Settings, partitions: dict[tuple[str, int], str]) -> None:
+    """Say so when an enabled plane finds none of its topics on the bus: it starts with no partition
+    and reads nothing until one appears (a typo in its ``topics``, or the wrong ``bus.root``)."""
+    from ctxplane.actors.app.bus_topics import file_bus_topics, unread_topics
+
+    consumed = settings.topics()
+    on_bus = file_bus_topics(settings.bus.root) if settings.bus.kind == "file" else {}
+    for plane in sorted(set(consumed.values())):
+        if any(p == plane for p in partitions.values()):
+            continue
+        topics = sorted(topic for topic, p in consumed.items() if p == plane)
+        extra = {"unread_topics_on_bus": [t["topic"] for t in unread_topics(on_bus, consumed)]} if on_bus else {}
+        log.warning("no topic of this plane exists on the bus: it reads nothing until one appears",
+                    plane=plane, topics=topics, bus=settings.bus.kind,
+                    bus_root=str(settings.bus.root) if settings.bus.kind == "file" else None, **extra)
+
+
 async def run_process(settings: Settings, *, once: bool = False) -> None:
     """Run the supervisor until SIGINT/SIGTERM (or, with ``once``, until every partition is drained).
 
@@ -180,6 +197,7 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
                 features_policy=_features_policy(app.features), backend=settings.store.backend, bus=settings.bus.kind,
             )
             tune_gc_for_ingest()
+            _warn_unread_planes(settings, partitions)  # after every refusal above: a refused start says one line
             log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
                      partitions=len(partitions), once=once)
         if startup.cancelled_caught:

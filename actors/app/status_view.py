@@ -14,7 +14,9 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)]
 
 
-def render_status(answer: dict[str, Any]) -> str:
+def render_status(answer: dict[str, Any], *, unread_topics: list[dict[str, Any]] | None = None) -> str:
+    """The health answer as text; ``unread_topics`` (topics on the bus no plane reads) are listed
+    after the partitions, with the consumed topic each is closest to."""
     health = answer.get("health", {})
     reasons = ", ".join(health.get("reasons", [])) or "-"
     out = [f"health: {health.get('state', '?')}   reasons: {reasons}"]
@@ -33,6 +35,12 @@ def render_status(answer: dict[str, Any]) -> str:
         [[p.get("plane"), p.get("topic"), p.get("partition"), p.get("next_offset"), p.get("end"), p.get("lag"),
           p.get("watermark_ts_utc"), p.get("last_commit_age_s")] for p in parts],
     )
+    if unread_topics:
+        out.append("")
+        out.append("topics on the bus that no plane reads (their records are never applied):")
+        for topic in unread_topics:
+            hint = f"; did you mean {topic['did_you_mean']}?" if topic.get("did_you_mean") else ""
+            out.append(f"  {topic['topic']} ({topic['partitions']} partitions{hint})")
     actors = health.get("actors", [])
     if actors:
         out.append("")

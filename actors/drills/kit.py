@@ -286,6 +286,12 @@ class Endpoint:
             response = None
         return Answer(response, time.monotonic() - sent, sent)
 
+    async def probe(self) -> None:
+        """Connect once and close: raises :class:`QueryEndpointUnavailable` at once when nothing
+        listens (no socket file, connection refused)."""
+        client = await AsyncClient(self._listen, auth_token=self._auth, timeout_s=self._timeout_s).connect()
+        await client.aclose()
+
     async def drill(self, action: str, *, deadline_ms: int = 5000, **fields: Any) -> dict[str, Any] | None:
         """A ``drill`` request; returns the controller's answer, or None when it could not be had."""
         answer = await self.request({"op": "drill", "action": action, "deadline_ms": deadline_ms, **fields})

@@ -49,6 +49,7 @@ from ctxplane.actors.drills.kit import (
 )
 from ctxplane.config.settings import Settings
 from ctxplane.runtime.bus import EventBus
+from ctxplane.runtime.client import QueryEndpointUnavailable
 from ctxplane.runtime.exceptions import CtxplaneError, UsageError
 
 __all__ = (
@@ -75,14 +76,22 @@ _MB = 1024 * 1024
 # -- shared steps --------------------------------------------------------------------------------
 
 
-async def _status(endpoint: Endpoint, *, timeout_s: float = 30.0) -> dict[str, Any]:
-    """The controller's status.
+async def _status(endpoint: Endpoint, *, timeout_s: float = 30.0, first: bool = False) -> dict[str, Any]:
+    """The controller's status (``first``: before the drill changed anything, so a process that is
+    not there at all is said at once instead of waited for).
 
     Raises:
         UsageError: drills are disabled in the running process (or it does not answer).
+        CtxplaneError: ``first`` and nothing serves the query endpoint (no socket, connection
+            refused), or no controller answered within ``timeout_s``.
     """
     answer = await endpoint.request({"op": "drill", "action": "status", "deadline_ms": 5000})
     response = answer.response
+    if response is None and first:
+        try:
+            await endpoint.probe()
+        except QueryEndpointUnavailable as exc:
+            raise CtxplaneError(f"{exc}: no `ctxplane run` serves it (start one with drills.enabled: true)") from None
     if response is not None and response.get("code") in ("DRILLS_DISABLED", "FORBIDDEN"):
         raise UsageError(f"the running process refuses drills: {response.get('detail')}")
     status = await endpoint.drill_until("status", timeout_s=timeout_s)
@@ -249,7 +258,7 @@ async def run_db_outage(settings: Settings, options: DbOutageOptions) -> DrillRe
     endpoint = Endpoint(settings)
     bus = open_drill_bus(settings)
     try:
-        status0 = await _status(endpoint)
+        status0 = await _status(endpoint, first=True)
         if await wait_caught_up(settings, bus, timeout_s=options.recovery_timeout_s) is None:
             raise CtxplaneError("the process did not catch up with the bus before the drill; nothing was changed")
         before = await read_figures(settings)
@@ -383,7 +392,7 @@ async def run_offset_rollback(settings: Settings, options: OffsetRollbackOptions
     endpoint = Endpoint(settings)
     bus = open_drill_bus(settings)
     try:
-        status0 = await _status(endpoint)
+        status0 = await _status(endpoint, first=True)
         if await wait_caught_up(settings, bus, timeout_s=options.timeout_s) is None:
             raise CtxplaneError("the process did not catch up with the bus before the drill; nothing was changed")
         before = await read_figures(settings)
@@ -495,7 +504,7 @@ async def run_conflict_storm(settings: Settings, options: ConflictStormOptions) 
     endpoint = Endpoint(settings)
     bus = open_drill_bus(settings)
     try:
-        status0 = await _status(endpoint)
+        status0 = await _status(endpoint, first=True)
         if await wait_caught_up(settings, bus, timeout_s=options.timeout_s) is None:
             raise CtxplaneError("the process did not catch up with the bus before the drill; nothing was changed")
         before = await read_figures(settings)
@@ -642,7 +651,7 @@ async def run_actor_fault(settings: Settings, options: ActorFaultOptions) -> Dri
     endpoint = Endpoint(settings)
     bus = open_drill_bus(settings)
     try:
-        status0 = await _status(endpoint)
+        status0 = await _status(endpoint, first=True)
         sup = status0["supervisors"][_supervisor_for(options.target)]
         intensity = sup["intensity"]
         if options.target == "store-writer" and options.times > intensity["max_restarts"]:

@@ -17,7 +17,7 @@ from ctxplane.contracts.features.aggregate import Agg, present
 from ctxplane.contracts.features.policy import FeatureGroup, FeaturePolicy
 from ctxplane.contracts.features.tiles import as_of_beyond_retention
 from ctxplane.contracts.limits import is_sql_text
-from ctxplane.contracts.timestamps import parse_ts_us
+from ctxplane.contracts.timestamps import format_ts_us, parse_instant_us
 
 __all__ = (
     "FeatureRequest",
@@ -78,9 +78,11 @@ def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> Fe
     if as_of is None:
         return "INVALID_REQUEST", "as_of_time_utc is required"
     try:
-        as_of_us = parse_ts_us(as_of)
+        # Any RFC 3339 instant; the request carries on (and the answer shows) the canonical form.
+        as_of_us = parse_instant_us(as_of)
     except ValueError as exc:
         return "INVALID_REQUEST", f"as_of_time_utc: {exc}"
+    as_of = format_ts_us(as_of_us)
     raw_keys = request.get("feature_keys")
     if not isinstance(raw_keys, list) or not 0 < len(raw_keys) <= _MAX_KEYS:
         return "INVALID_REQUEST", f"feature_keys must be a list of 1..{_MAX_KEYS} {{key_type, key_id}} objects"

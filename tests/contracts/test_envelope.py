@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ctxplane.contracts.envelope import PIN_FIELDS, Envelope, envelope_error, pins_error, pins_mismatch, pins_problem
+from ctxplane.contracts.envelope import (
+    PIN_FIELDS,
+    Envelope,
+    envelope_error,
+    pins_error,
+    pins_mismatch,
+    pins_problem,
+    pins_problems,
+)
 from tests.support.workload import PINS, envelope
 
 VALID = envelope("arrival_events_5B", {"merchant_id": "m-1", "arrival_seq": 1})
@@ -58,15 +66,29 @@ def test_invalid_formats(field: str, value: Any) -> None:
 def test_pins() -> None:
     assert pins_error(PINS) is None
     assert pins_error({k: v for k, v in PINS.items() if k != "run_id"}) is None
-    assert pins_error("x") == "pins must be an object"
-    assert pins_error({**PINS, "seed": None}) == "pins.seed is required"
-    assert pins_error({**PINS, "scenario_run_id": "x"}) == "pins.scenario_run_id is invalid"
-    assert pins_error({**PINS, "flow_id": "x"}) == "pins.flow_id is not a pin"
+    assert pins_error(None) == ("pins must be an object with platform_run_id, scenario_run_id, manifest_fingerprint,"
+                                " parameter_hash, scenario_id, seed (and optionally run_id);"
+                                " `ctxplane runs` lists the pins of the runs the store holds")
+    assert pins_error({**PINS, "seed": None}) == "pins.seed is required; `ctxplane runs` lists the pins of the runs the store holds"
+    assert pins_error({**PINS, "scenario_run_id": "x"}) == "pins.scenario_run_id is invalid (expected 32 lowercase hex characters)"
+    assert pins_error({**PINS, "flow_id": "x"}).startswith("pins.flow_id is not a pin (pins: platform_run_id, ")  # type: ignore[union-attr]
+
+
+def test_every_pin_problem_is_reported_at_once_in_pin_order() -> None:
+    problems = pins_problems({"seed": True, "platform_run_id": PINS["platform_run_id"], "a": 1, "b": 2, "scenario_id": 3})
+    assert problems.missing == ("scenario_run_id", "manifest_fingerprint", "parameter_hash")
+    assert problems.invalid == ("seed", "scenario_id") and problems.unknown == ("a", "b")
+    assert problems.detail().startswith(
+        "pins.scenario_run_id, pins.manifest_fingerprint, pins.parameter_hash are required; "
+        "pins.seed is invalid (expected an integer 0..2^64-1); pins.scenario_id is invalid (expected a string of 1..256"
+        " characters); pins.a, pins.b are not pins (pins: ")
+    assert not pins_problems(PINS) and pins_problems({}).missing == PIN_FIELDS
     # Absent pins, or an omitted required pin, are MISSING_PINS; a malformed one is INVALID_REQUEST.
-    assert pins_problem(None) == pins_problem({}) == ("MISSING_PINS", f"pins are required ({', '.join(PIN_FIELDS)})")
-    assert pins_problem({**PINS, "seed": None}) == ("MISSING_PINS", "pins.seed is required")
+    assert pins_problem(None)[0] == pins_problem({})[0] == "MISSING_PINS"  # type: ignore[index]
+    assert pins_problem({**PINS, "seed": None})[0] == "MISSING_PINS"  # type: ignore[index]
     assert pins_problem({k: v for k, v in PINS.items() if k != "run_id"}) is None  # run_id is optional
-    assert pins_problem({**PINS, "seed": -1}) == ("INVALID_REQUEST", "pins.seed is invalid")
+    assert pins_problem({**PINS, "seed": -1})[0] == "INVALID_REQUEST"  # type: ignore[index]
+    assert pins_problem("x")[0] == "INVALID_REQUEST"  # type: ignore[index]
 
 
 def test_pins_mismatch_compares_every_pin_the_request_carries() -> None:

@@ -813,7 +813,7 @@ def _fake_settings(monkeypatch: pytest.MonkeyPatch, kind: str, root: Path) -> li
     def load_settings(path: str) -> Any:
         loaded.append(path)
         bus = types.SimpleNamespace(kind=kind, root=root, start_position="trim_horizon")
-        return types.SimpleNamespace(bus=bus)
+        return types.SimpleNamespace(bus=bus, topics=lambda: {TOPIC: "join"})
 
     module = types.ModuleType("ctxplane.config.settings")
     module.load_settings = load_settings  # type: ignore[attr-defined]
