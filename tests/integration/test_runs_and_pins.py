@@ -68,7 +68,7 @@ def test_every_missing_or_invalid_pin_is_named_in_one_answer_on_both_planes(tmp_
                 "feature_groups": [{"name": "core_features", "version": "v1"}]}
     with CtxplaneProcess(config):
         for request, status, code in (
-            ({"op": "resolve_flow_binding", "flow_id": "flow-1", "pins": partial}, "INVALID_REQUEST", "INVALID_REQUEST"),
+            ({"op": "resolve_flow_binding", "flow_id": "flow-1", "pins": partial}, "INVALID_REQUEST", "MISSING_PINS"),
             ({**features, "pins": partial}, "ERROR", "MISSING_PINS"),
         ):
             exit_code, answer = _query(config, request)
