@@ -16,6 +16,7 @@ import anyio
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.health import HealthPolicy
+from ctxplane.contracts.intake import MAX_RECORD_BYTES
 from ctxplane.runtime.bus import EventBus, FileBus
 from ctxplane.runtime.kernel import Registry, Supervisor
 from ctxplane.runtime.store import StoreBackend, open_store
@@ -56,7 +57,8 @@ def scope_of(settings: Settings) -> str:
 
 def open_bus(settings: Settings) -> EventBus:
     if settings.bus.kind == "file":
-        return FileBus(settings.bus.root, start_position=settings.bus.start_position)
+        # Lines past the intake limit are cut to it at read: one huge line cannot take the memory.
+        return FileBus(settings.bus.root, start_position=settings.bus.start_position, max_record_bytes=MAX_RECORD_BYTES)
     from ctxplane.runtime.bus import kinesis_bus_from_settings
 
     return kinesis_bus_from_settings(settings.bus)

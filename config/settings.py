@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ctxplane.contracts.exceptions import ConfigError
+from ctxplane.contracts.yamlfile import YAMLError, load_yaml, yaml_problem
 
 __all__ = (
     "BusSettings",
@@ -78,6 +78,11 @@ class StoreSettings(_Section):
     auto_migrate: bool = True
     # Seconds a write may wait on the store before the writer backs off and retries.
     busy_timeout_s: float = Field(default=5.0, gt=0)
+    # SQLite memory per connection (the writer, each reader). The page cache is process heap; the
+    # memory map counts in RSS as its pages are touched, up to the database size. Both were 128 MiB /
+    # 1 GiB once, which took a 10^6-event burst to 1.3 GB RSS (quality.md P7: <= 300 MB).
+    sqlite_cache_mb: int = Field(default=32, ge=1)
+    sqlite_mmap_mb: int = Field(default=0, ge=0)
 
     @field_validator("dsn")
     @classmethod
@@ -173,9 +178,13 @@ class MetricsSettings(_Section):
 
 
 class IngestSettings(_Section):
-    # Records per ApplyBatch. Bigger batches amortise per-transaction costs.
-    batch_max_records: int = Field(default=2000, ge=1)
-    batch_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Records (and raw bytes) per ApplyBatch. Transactions are per group commit, not per batch, so
+    # small batches cost little; but decoded records in flight are most of the process's memory:
+    # at most partitions x inflight_batches batches are unacknowledged (waiting in the store-writer's
+    # mailbox, in its group commit, or in a partition actor's blocked tell). 500 keeps a 10^6-event
+    # burst over 24 partitions at ~200 MB RSS; 2000 took it to ~450 MB (docs/architecture.md §Memory).
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # ApplyBatches a partition actor may have unacknowledged (the in-flight window K).
     inflight_batches: int = Field(default=2, ge=1)
     # How often an idle partition actor looks for new records.
@@ -294,11 +303,9 @@ def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | 
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{file}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+            loaded = load_yaml(text)
+        except YAMLError as exc:
+            raise ConfigError(f"{file}: {yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -338,8 +345,8 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 raise ConfigError(f"{name}: {key} is not a section")
             node = child
         try:
-            node[keys[-1]] = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
+            node[keys[-1]] = load_yaml(value) if value != "" else None
+        except YAMLError:
             node[keys[-1]] = value
 
 

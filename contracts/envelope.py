@@ -8,6 +8,7 @@ agreement; the hot path never builds a model per event.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -19,8 +20,12 @@ __all__ = (
     "PIN_FIELDS",
     "ContextPins",
     "Envelope",
+    "OPTIONAL_PINS",
     "envelope_error",
+    "field_check",
     "pins_error",
+    "pins_mismatch",
+    "pins_problem",
 )
 
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
@@ -37,6 +42,8 @@ PIN_FIELDS: tuple[str, ...] = (
     "scenario_id",
     "seed",
 )
+# Pins the protocol declares optional: a request may omit them, and then they are not compared.
+OPTIONAL_PINS: tuple[str, ...] = ("run_id",)
 
 Hex64 = Annotated[StrictStr, Field(pattern=_HEX64.pattern)]
 Hex32 = Annotated[StrictStr, Field(pattern=_HEX32.pattern)]
@@ -158,20 +165,64 @@ def envelope_error(envelope: dict[str, Any]) -> str | None:
     return None
 
 
+def field_check(name: str) -> Callable[[object], bool]:
+    """The format check :func:`envelope_error` applies to a present, non-null field ``name``.
+
+    For checkers that hold the envelope in another shape (contracts/intake_fast.py): one table of
+    formats, whichever path reads the event.
+    """
+    return _CHECKS[name][1]
+
+
 def pins_error(pins: object) -> str | None:
     """Validate request pins (the six required, formats checked); ``None`` when valid."""
+    problem = pins_problem(pins)
+    return None if problem is None else problem[1]
+
+
+def pins_problem(pins: object) -> tuple[str, str] | None:
+    """Validate request pins; ``None`` when valid, else ``(code, detail)``.
+
+    ``code`` is ``MISSING_PINS`` when pins are absent or a required pin is omitted (or ``null``),
+    ``INVALID_REQUEST`` when a pin is malformed or a key is not a pin. Only the pins in
+    :data:`OPTIONAL_PINS` may be omitted.
+    """
+    if pins is None or pins == {}:
+        return "MISSING_PINS", "pins are required (" + ", ".join(PIN_FIELDS) + ")"
     if not isinstance(pins, dict):
-        return "pins must be an object"
+        return "INVALID_REQUEST", "pins must be an object"
     for name in PIN_FIELDS:
         if pins.get(name) is None:
-            return f"pins.{name} is required"
+            return "MISSING_PINS", f"pins.{name} is required"
     for name, value in pins.items():
-        if name not in _CHECKS or name not in (*PIN_FIELDS, "run_id"):
-            return f"pins.{name} is not a pin"
-        if value is None and name == "run_id":
+        if name not in _CHECKS or name not in (*PIN_FIELDS, *OPTIONAL_PINS):
+            return "INVALID_REQUEST", f"pins.{name} is not a pin"
+        if value is None and name in OPTIONAL_PINS:
             continue
         if name == "scenario_id" and type(value) is int:
-            return "pins.scenario_id must be a string"
+            return "INVALID_REQUEST", "pins.scenario_id must be a string"
         if not _CHECKS[name][1](value):
-            return f"pins.{name} is invalid"
+            return "INVALID_REQUEST", f"pins.{name} is invalid"
     return None
+
+
+def pins_mismatch(request_pins: Mapping[str, Any], stored_pins: Mapping[str, Any]) -> list[str]:
+    """The pins of a request that differ from the stored pins of what would be served.
+
+    The one rule of both planes: **every pin the request carries must equal the stored pin**. The
+    six required pins are always compared; an optional pin (``run_id``) is compared whenever the
+    request carries it, so a request naming a ``run_id`` does not match rows stored without one
+    (**differs** from the origin, which compared ``run_id`` only when both sides had it). A pin
+    the request omits is not compared (omitting a required one is ``MISSING_PINS`` at parsing).
+    Values are compared as strings, as the origin does (stored ``scenario_id`` is text).
+
+    Returns:
+        the names of the differing pins, in :data:`PIN_FIELDS` order then the optional ones;
+        empty when the request may be served from these rows.
+    """
+    names = [name for name in PIN_FIELDS if str(request_pins.get(name)) != str(stored_pins.get(name))]
+    for name in OPTIONAL_PINS:
+        wanted = request_pins.get(name)
+        if wanted is not None and str(wanted) != str(stored_pins.get(name)):
+            names.append(name)
+    return names

@@ -3,11 +3,20 @@
 Pure: the health actor gathers the signals; :func:`evaluate_health` decides. Replaying historical
 timestamps must not page anyone: an old watermark while checkpoints are fresh and nothing else is
 wrong is AMBER ``WATERMARK_REPLAY_ADVISORY``, not RED.
+
+Health recovers. The counted signals (:data:`COUNTED_SIGNALS`: join misses, binding conflicts, hard
+apply failures, missing features, snapshot failures, actor restarts) count only what happened in the
+policy's window (``window_s``, the last N seconds), and only after the operator's last
+acknowledgement (``ctxplane ack``) when that is later: :func:`counted_since` is the instant they
+count from. So once the cause is gone, health is GREEN again at the latest ``window_s`` later, or at
+once after an acknowledgement. The live signals (store availability, checkpoint and watermark age,
+mailbox saturation) are measured as they are now; an acknowledgement never hides them.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +27,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ctxplane.contracts.exceptions import ConfigError
 
-__all__ = ("HealthPolicy", "HealthSignals", "Threshold", "evaluate_health", "load_health_policy")
+__all__ = (
+    "COUNTED_SIGNALS",
+    "CounterWindow",
+    "HealthPolicy",
+    "HealthSignals",
+    "Threshold",
+    "counted_since",
+    "evaluate_health",
+    "load_health_policy",
+    "parse_ack_request",
+)
 
 SIGNALS = (
     "watermark_age_s", "checkpoint_age_s", "join_misses", "binding_conflicts", "apply_failures_hard",
     "missing_features", "snapshot_failures", "mailbox_saturation", "actor_restarts",
 )
+# Counted over the policy window (and from the last acknowledgement); the others are measured now.
+COUNTED_SIGNALS = (
+    "join_misses", "binding_conflicts", "apply_failures_hard", "missing_features", "snapshot_failures", "actor_restarts",
+)
 ENV_PREFIX = "CTXPLANE_HEALTH_"
+WINDOW_ENV = f"{ENV_PREFIX}WINDOW_S"
+MAX_ACK_TEXT = 500
 
 
 class Threshold(BaseModel):
@@ -44,6 +69,8 @@ class HealthPolicy(BaseModel):
     policy_id: str
     revision: str
     thresholds: dict[str, Threshold]
+    # The counted signals count what happened in the last window_s seconds.
+    window_s: float = Field(default=900.0, gt=0)
     max_unresolved_anomalies: int = Field(default=200, ge=0)
 
     @model_validator(mode="after")
@@ -64,7 +91,8 @@ def default_health_policy_path() -> Path:
 
 
 def load_health_policy(path: Path | None = None, env: Mapping[str, str] | None = None) -> HealthPolicy:
-    """Load the threshold policy and apply ``CTXPLANE_HEALTH_<SIGNAL>_<AMBER|RED>`` overrides.
+    """Load the threshold policy and apply ``CTXPLANE_HEALTH_<SIGNAL>_<AMBER|RED>`` overrides
+    (and ``CTXPLANE_HEALTH_WINDOW_S`` for the window).
 
     Raises:
         ConfigError: unreadable file, bad YAML, invalid thresholds, or a malformed override.
@@ -80,9 +108,16 @@ def load_health_policy(path: Path | None = None, env: Mapping[str, str] | None =
     for name, value in (os.environ if env is None else env).items():
         if not name.startswith(ENV_PREFIX):
             continue
+        if name == WINDOW_ENV:
+            try:
+                raw["window_s"] = float(value)
+            except ValueError:
+                raise ConfigError(f"{name}: {value!r} is not a number") from None
+            continue
         signal, _, level = name[len(ENV_PREFIX):].lower().rpartition("_")
         if signal not in SIGNALS or level not in ("amber", "red"):
-            raise ConfigError(f"{name}: expected {ENV_PREFIX}<SIGNAL>_<AMBER|RED> with SIGNAL one of {', '.join(s.upper() for s in SIGNALS)}")
+            raise ConfigError(f"{name}: expected {ENV_PREFIX}<SIGNAL>_<AMBER|RED> (SIGNAL one of"
+                              f" {', '.join(s.upper() for s in SIGNALS)}) or {WINDOW_ENV}")
         try:
             number = float(value)
         except ValueError:
@@ -96,9 +131,72 @@ def load_health_policy(path: Path | None = None, env: Mapping[str, str] | None =
         raise ConfigError(f"health policy {path}: {key}: {error['msg'].removeprefix('Value error, ')}") from None
 
 
+def counted_since(now: float, window_s: float, acked_at: float | None) -> float:
+    """The wall-clock instant the counted signals count from: the start of the window, or the last
+    acknowledgement when that is later."""
+    start = now - window_s
+    return start if acked_at is None else max(start, acked_at)
+
+
+class CounterWindow:
+    """Cumulative counters of one process, sampled over time, so that a signal can be "how many since
+    instant T" (T within the window being kept).
+
+    :meth:`record` keeps a step function of the counters: a new sample only when a total changed, so
+    a quiet process keeps one sample however long the window. A total that goes down (its counter
+    started again from zero, e.g. a restarted supervisor's children) is a counter reset: what it had
+    counted is carried on, as Prometheus' ``increase()`` does, so nothing counted is lost.
+    """
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+        self._last_raw: dict[str, int] = {}
+        self._carried: dict[str, int] = {}
+        self._current: dict[str, int] = {}
+
+    def record(self, now: float, totals: Mapping[str, int], *, keep_s: float) -> None:
+        """Note the raw ``totals`` at wall time ``now``; samples older than ``keep_s`` are dropped
+        (except the newest of them, which is the value at the start of the kept span)."""
+        for name, raw in totals.items():
+            last = self._last_raw.get(name, 0)
+            if raw < last:
+                self._carried[name] = self._carried.get(name, 0) + last
+            self._last_raw[name] = raw
+        current = {name: raw + self._carried.get(name, 0) for name, raw in self._last_raw.items()}
+        if current != self._current:
+            self._current = current
+            self._samples.append((now, current))
+        horizon = now - keep_s
+        while len(self._samples) > 1 and self._samples[1][0] <= horizon:
+            self._samples.popleft()
+
+    def count_since(self, since: float) -> dict[str, int]:
+        """What each counter counted after ``since`` (up to the last :meth:`record`)."""
+        base: dict[str, int] = {}
+        for at, values in self._samples:
+            if at > since:
+                break
+            base = values
+        return {name: value - base.get(name, 0) for name, value in self._current.items()}
+
+
+def parse_ack_request(request: Mapping[str, Any]) -> tuple[str, str] | str:
+    """``(by, reason)`` of a ``health_ack`` request, or the error to answer."""
+    values = []
+    for name in ("by", "reason"):
+        value = request.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return f"{name}: a non-empty string is required (who acknowledges, and why)"
+        if len(value) > MAX_ACK_TEXT:
+            return f"{name}: at most {MAX_ACK_TEXT} characters"
+        values.append(value.strip())
+    return values[0], values[1]
+
+
 @dataclass(frozen=True, slots=True)
 class HealthSignals:
-    """What the health actor measured; None means "no data yet"."""
+    """What the health actor measured; None means "no data yet". The counted signals are counts in
+    the window (see :func:`counted_since`)."""
 
     watermark_age_s: float | None
     checkpoint_age_s: float | None  # only counted while records wait on the bus (lag > 0)
@@ -173,5 +271,5 @@ def evaluate_health(signals: HealthSignals, policy: HealthPolicy) -> dict[str, A
             "snapshot_failures": signals.snapshot_failures, "mailbox_saturation": round(signals.mailbox_saturation, 4),
             "actor_restarts": signals.actor_restarts, "store_available": signals.store_available,
         },
-        "policy": {"policy_id": policy.policy_id, "revision": policy.revision},
+        "policy": {"policy_id": policy.policy_id, "revision": policy.revision, "window_s": policy.window_s},
     }

@@ -169,11 +169,16 @@ class IntakeRules:
     def classify_many(self, records: Iterable[tuple[SourceRef, bytes]]) -> list[Verdict]:
         return [self.classify(source, raw) for source, raw in records]
 
-    def classify(self, source: SourceRef, raw: bytes) -> Verdict:
-        """Decide what one raw record is. Never raises on bad input."""
+    def classify(self, source: SourceRef, raw: bytes, full_size: int | None = None) -> Verdict:
+        """Decide what one raw record is. Never raises on bad input.
+
+        ``full_size``: the record's length when ``raw`` is only its first bytes (a bus adapter
+        bounds what it reads of an oversized record; ``BusRecord.full_size``).
+        """
         # Step 1: bytes -> envelope.
-        if len(raw) > MAX_RECORD_BYTES:
-            return Rejected(source, Reason.ENVELOPE_MISSING, {"error": f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}"})
+        size = len(raw) if full_size is None else full_size
+        if size > MAX_RECORD_BYTES:
+            return Rejected(source, Reason.ENVELOPE_MISSING, {"error": f"record of {size} bytes exceeds {MAX_RECORD_BYTES}"})
         try:
             record = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -228,6 +233,10 @@ class IntakeRules:
         # Step 3: plane-specific keys.
         run_id = envelope.get("run_id")
         pins, pid = self._pins(pins_values, run_id)
+        try:
+            hashed = payload_hash(event_type, envelope.get("schema_version"), payload)
+        except TypeError as exc:  # JSON it decoded but canonical JSON cannot carry (nesting beyond 255 levels)
+            return reject(Reason.PAYLOAD_INVALID, {"error": f"payload cannot be encoded canonically: {exc}"})
         common = {
             "plane": self.plane,
             "source": source,
@@ -241,7 +250,7 @@ class IntakeRules:
             "pins": pins,
             "pins_id": pid,
             "payload": payload,
-            "payload_hash": payload_hash(event_type, envelope.get("schema_version"), payload),
+            "payload_hash": hashed,
         }
         try:
             common["ts_us"] = parse_ts_us(envelope["ts_utc"])

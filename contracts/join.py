@@ -17,7 +17,7 @@ import orjson
 
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.classes import Role
-from ctxplane.contracts.envelope import PIN_FIELDS, pins_error
+from ctxplane.contracts.envelope import pins_error, pins_mismatch, pins_problem
 from ctxplane.contracts.limits import is_sql_text, sequence_number
 from ctxplane.contracts.reasons import Reason
 
@@ -184,15 +184,6 @@ def _stored_pins(pins_json: str) -> dict[str, Any]:
     return orjson.loads(pins_json)  # type: ignore[no-any-return]
 
 
-def pins_mismatch(request_pins: Mapping[str, Any], stored_pins: Mapping[str, Any]) -> list[str]:
-    """Pins that differ (compared as strings; run_id only when both sides carry it)."""
-    names = [name for name in PIN_FIELDS if str(request_pins.get(name)) != str(stored_pins.get(name))]
-    if request_pins.get("run_id") is not None and stored_pins.get("run_id") is not None:
-        if request_pins["run_id"] != stored_pins["run_id"]:
-            names.append("run_id")
-    return names
-
-
 def basis_of(stream: str, checkpoints: Sequence[CheckpointRow]) -> dict[str, Any]:
     """The applied basis of a plane and its digest (watermark excluded from the digest).
 
@@ -289,9 +280,11 @@ def answer_join(
     if request.op == "resolve_flow_binding":
         if not snap.flow_claims:
             return done("MISSING_BINDING", Reason.FLOW_BINDING_NOT_FOUND)
-        claim = _first(snap.flow_claims)
-        if pins_mismatch(request.pins, _stored_pins(claim.pins_json)):
+        # Every claim served (this flow's, and other flows' claims on its key, named in a binding
+        # conflict) must carry the request's pins: one rule with the frame and the feature plane.
+        if any(pins_mismatch(request.pins, _stored_pins(c.pins_json)) for c in (*snap.flow_claims, *snap.key_claims)):
             return done("CONFLICT", Reason.PINS_MISMATCH)
+        claim = _first(snap.flow_claims)
         key = (request.pins["platform_run_id"], request.pins["scenario_run_id"], claim.merchant_id, claim.arrival_seq)
         response["join_frame_key"] = _frame_key_json(key)
         keys = {(c.merchant_id, c.arrival_seq) for c in snap.flow_claims}
@@ -346,11 +339,23 @@ def _frame_key_json(key: tuple[str, str, str, int]) -> dict[str, Any]:
 
 
 def invalid_join_answer(detail: str, request: Mapping[str, Any], request_id: str | None, *, resolved_at: str) -> dict[str, Any]:
-    pins = request.get("pins") if isinstance(request.get("pins"), dict) else None
+    """The answer to a request :func:`parse_join_request` refused (``detail`` names the field).
+
+    Status ``INVALID_REQUEST`` (the origin's enum); the reason code — also in ``code`` — is
+    ``MISSING_PINS`` when the refusal is a required pin the request omits, else ``INVALID_REQUEST``.
+    Never retryable: the same request fails the same way.
+    """
+    raw_pins = request.get("pins")
+    pins = raw_pins if isinstance(raw_pins, dict) else None
+    problem = pins_problem(raw_pins)
+    code = problem[0] if problem is not None and problem[1] == detail else Reason.INVALID_REQUEST.value
     return {
         "request_id": request_id,
         "status": "INVALID_REQUEST",
-        "reason_codes": [Reason.INVALID_REQUEST.value],
+        "reason_codes": [code],
+        # Like every error answer of every op: a code, whether a retry can help, and why.
+        "code": code,
+        "retryable": False,
         "detail": detail,
         "pins": pins,
         "resolved_at_utc": resolved_at,

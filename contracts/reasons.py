@@ -36,6 +36,8 @@ class Reason(StrEnum):
     JOIN_FRAME_NOT_FOUND = "JOIN_FRAME_NOT_FOUND"
     JOIN_FRAME_INCOMPLETE = "JOIN_FRAME_INCOMPLETE"
     PINS_MISMATCH = "PINS_MISMATCH"
+    # A required pin the request omits (a pin the protocol declares optional, run_id, may be omitted).
+    MISSING_PINS = "MISSING_PINS"
     INVALID_REQUEST = "INVALID_REQUEST"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     OVERLOADED = "OVERLOADED"

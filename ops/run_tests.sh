@@ -5,6 +5,8 @@
 #   running" from a skip into a failure, so `make test` can never pass without the PostgreSQL cases.
 #   Kinesis: ops/kinesis_up.sh (moto's server on loopback, patched to AWS resharding semantics),
 #   stopped by ops/kinesis_down.sh; CTXPLANE_REQUIRE_KINESIS=1 does the same for the Kinesis cases.
+#   promtool: ops/promtool_up.sh takes it out of Debian's prometheus package into .venv/bin when it
+#   is not installed, for the `promtool check` / `promtool test rules` cases (they skip without it).
 # Before the suite: `ruff check` and the layering contracts (`lint-imports`, see pyproject.toml).
 # Arguments are passed to pytest (e.g. `bash ops/run_tests.sh tests/runtime/store -x`).
 set -euo pipefail
@@ -25,5 +27,6 @@ kinesis_env="$(ops/kinesis_up.sh)"
 eval "$kinesis_env"
 trap 'ops/kinesis_down.sh; ops/pg_down.sh' EXIT
 export CTXPLANE_REQUIRE_KINESIS=1
+ops/promtool_up.sh
 
 .venv/bin/python -m pytest -q "$@"

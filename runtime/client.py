@@ -138,8 +138,27 @@ class Client:
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self._sock is not None, "connect() first"
-        self._sock.sendall(_encode(request, self._auth))
+        self._send(_encode(request, self._auth))
         return self.receive_line()
+
+    def request_many(self, requests: list[dict[str, Any]], *, window: int = 16) -> list[dict[str, Any]]:
+        """Pipeline ``requests`` on this connection; answers in request order. At most ``window``
+        are unanswered at a time, so neither side's buffers can fill up and stall the other."""
+        answers: list[dict[str, Any]] = []
+        for sent, request in enumerate(requests, start=1):
+            self._send(_encode(request, self._auth))
+            if sent - len(answers) >= window:
+                answers.append(self.receive_line())
+        while len(answers) < len(requests):
+            answers.append(self.receive_line())
+        return answers
+
+    def _send(self, data: bytes) -> None:
+        assert self._sock is not None, "connect() first"
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise QueryEndpointUnavailable(f"the query endpoint closed the connection: {exc.strerror or exc}") from None
 
     def receive_line(self) -> dict[str, Any]:
         """Read one response line."""

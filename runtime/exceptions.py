@@ -17,6 +17,7 @@ __all__ = (
     "ConfigError",
     "CtxplaneError",
     "IllegalTransition",
+    "Interrupted",
     "MailboxFull",
     "StoreDataError",
     "StoreError",
@@ -81,6 +82,23 @@ class StoreDataError(StoreError):
     column, text it cannot store, a violated constraint. Deterministic: the same program fails the
     same way on every retry, so the store-writer isolates the record instead of retrying
     (``actors/_isolate.py``). Raised by both backends, never for connection problems."""
+
+
+class Interrupted(CtxplaneError):
+    """A command stopped early because the operator sent SIGINT or SIGTERM.
+
+    Whatever it committed is whole (group commits are atomic), nothing after was started; the
+    message says where it stopped. The CLI exits ``128 + signum`` (130 for SIGINT, 143 for
+    SIGTERM), so a script can tell an interrupted ``replay`` or ``run --once`` from a full one.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 class BusError(CtxplaneError):

@@ -1,12 +1,14 @@
 """The ``ctxplane`` command line (interfaces.md §2).
 
 Exit codes: 0 success; 2 bad usage or invalid configuration (one line naming the key); 1 runtime
-failure. Every user mistake is one clear line on stderr, never a traceback.
+failure; 130 / 143 a ``replay`` or ``run --once`` stopped early by SIGINT / SIGTERM (one line saying
+where). Every user mistake is one clear line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import anyio
 import orjson
 
-from ctxplane.runtime.exceptions import CtxplaneError, UsageError
+from ctxplane.runtime.exceptions import CtxplaneError, Interrupted, UsageError
 
 __all__ = ("main",)
 
@@ -24,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting."""
 
     def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -81,6 +83,12 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_deadline_ms(settings: Any) -> int:
+    """The deadline of the operator's `status` / `ack` requests: 5 s (capped by query.max_deadline_ms),
+    so a loaded machine answers the health actor's state rather than HEALTH_UNAVAILABLE after 0.8 s."""
+    return int(min(5000, settings.query.max_deadline_ms))
+
+
 def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
     from ctxplane.runtime.client import Client
 
@@ -88,7 +96,12 @@ def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
         return client.request(request)
 
 
+ERROR_STATUSES = frozenset({"ERROR", "INVALID_REQUEST", "UNAVAILABLE"})  # MISSING_* and CONFLICT are answers
+
+
 def cmd_query(args: argparse.Namespace) -> int:
+    """One request (printed indented) or NDJSON, one request a line (one answer a line, pipelined
+    on one connection). Exit 1 when any answer is an error, 0 otherwise."""
     settings = _settings(args)
     text = args.request
     if text == "-":
@@ -99,24 +112,88 @@ def cmd_query(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot read request file {text[1:]}: {exc.strerror}") from None
     try:
-        request = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise UsageError(f"REQUEST_JSON is not valid JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise UsageError("REQUEST_JSON must be a JSON object")
-    _print_json(_request_once(settings, request))
-    return 0
+        single = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        single = None
+    if isinstance(single, dict):
+        answer = _request_once(settings, single)
+        _print_json(answer)
+        return 1 if answer.get("status") in ERROR_STATUSES else 0
+    requests = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"request line {number} is not valid JSON: {exc}") from None
+        if not isinstance(request, dict):
+            raise UsageError(f"request line {number} must be a JSON object")
+        requests.append(request)
+    if not requests:
+        raise UsageError("no request given (REQUEST_JSON: a JSON object, @FILE, or - for NDJSON on stdin)")
+    from ctxplane.runtime.client import Client
+
+    with Client(settings.query.listen, auth_token=settings.query.auth_token) as client:
+        answers = client.request_many(requests)
+    for answer in answers:
+        sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    return 1 if any(answer.get("status") in ERROR_STATUSES for answer in answers) else 0
+
+
+# `status --check`: the exit code says the state (0 below --fail-on; 3 AMBER, 4 RED at or above it).
+STATUS_EXIT = {"AMBER": 3, "RED": 4}
+_RANK = {"GREEN": 0, "AMBER": 1, "RED": 2}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    answer = _request_once(settings, {"op": "health"})
+    answer = _request_once(settings, {"op": "health", "deadline_ms": _operator_deadline_ms(settings)})
+    health = answer.get("health", {})
+    state = health.get("state", "RED")
+    if args.json:
+        _print_json(answer)
+    elif args.check:
+        reasons = health.get("reasons", [])
+        print(f"{state}: {', '.join(reasons)}" if reasons else state)
+    else:
+        from ctxplane.actors.app.status_view import render_status
+
+        print(render_status(answer))
+    if args.check and _RANK.get(state, 2) >= _RANK[args.fail_on.upper()]:
+        return STATUS_EXIT.get(state, STATUS_EXIT["RED"])
+    return 0
+
+
+def _verdict(state: str, reasons: list[str]) -> str:
+    return f"{state} ({', '.join(reasons)})" if reasons else state
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    by = args.by or _operator()
+    answer = _request_once(settings, {"op": "health_ack", "by": by, "reason": args.reason,
+                                      "deadline_ms": _operator_deadline_ms(settings)})
+    if answer.get("status") != "OK":
+        print(f"ctxplane: acknowledgement refused: {answer.get('code')}: {answer.get('detail')}", file=sys.stderr)
+        return 1
     if args.json:
         _print_json(answer)
         return 0
-    from ctxplane.actors.app.status_view import render_status
-
-    print(render_status(answer))
+    before, after, ack = answer["before"], answer["after"], answer["ack"]
+    print(f"acknowledged by {ack['by']} at {ack['acked_at_utc']}: "
+          f"{_verdict(before['state'], before['reasons'])} -> {_verdict(after['state'], after['reasons'])}")
     return 0
 
 
@@ -131,6 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ctxplane", description="Decision-time context plane: join and feature projections served over a socket.")
+    parser.add_argument("--version", action="version", version=f"ctxplane {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -142,12 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="drain every assigned partition, commit, exit 0")
     p.set_defaults(func=cmd_run)
     with_config("migrate", "apply pending schema migrations").set_defaults(func=cmd_migrate)
-    p = with_config("query", "send one request to the running query endpoint and print the answer")
-    p.add_argument("request", metavar="REQUEST_JSON", help="a JSON object, @FILE, or - for stdin")
+    p = with_config("query", "send requests to the running query endpoint and print the answers "
+                             "(exit 1 when any answer is an error)")
+    p.add_argument("request", metavar="REQUEST_JSON",
+                   help="a JSON object, @FILE, or - for stdin; a file or stdin may hold NDJSON, one request a line")
     p.set_defaults(func=cmd_query)
     p = with_config("status", "health, lag and basis per partition, from the running process")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true",
+                   help="for probes and scripts: print one line (GREEN, or STATE: REASONS) and exit by the state:"
+                        " 0 below --fail-on, 3 AMBER, 4 RED; 1 when no process answered")
+    p.add_argument("--fail-on", choices=("amber", "red"), default="amber",
+                   help="with --check: the state from which the exit code is not 0 (default amber)")
     p.set_defaults(func=cmd_status)
+    p = with_config("ack", "acknowledge the current health: counted signals (ledger rows, misses, restarts) count"
+                           " only what happens after now; audited in health_acks.jsonl beside the artifact")
+    p.add_argument("--reason", required=True, help="why (recorded with the acknowledgement)")
+    p.add_argument("--by", help="who acknowledges (default: USER@HOST)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_ack)
     p = with_config("digest", "print the semantic state digest of the store")
     p.add_argument("--ledger", action="store_true", help="digest the apply-failure ledger instead")
     p.set_defaults(func=cmd_digest)
@@ -166,9 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        args = build_parser().parse_args(argv)
+        return version("ctxplane")
+    except PackageNotFoundError:  # pragma: no cover - running from a tree that is not installed
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if not arguments:
+        build_parser().print_help(sys.stderr)
+        return 2
+    try:
+        args = build_parser().parse_args(arguments)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"ctxplane: {exc}", file=sys.stderr)
@@ -179,11 +283,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (e.g. `| head`): not an error worth a traceback.
         sys.stderr.close()
         return 0
+    except Interrupted as exc:
+        print(f"ctxplane: {exc}", file=sys.stderr)
+        return exc.exit_code
     except CtxplaneError as exc:
         print(f"ctxplane: {exc}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
         first = _first_leaf(group)
+        if isinstance(first, Interrupted):
+            print(f"ctxplane: {first}", file=sys.stderr)
+            return first.exit_code
         if isinstance(first, UsageError):
             print(f"ctxplane: {first}", file=sys.stderr)
             return 2

@@ -320,6 +320,8 @@ async def _tail_partition(
         result = await bus.read(topic, partition, position, want, _TAIL_BATCH_BYTES)
         for record in result.records:
             text = record.raw.decode("utf-8", "backslashreplace")
+            if record.full_size is not None:  # a line past the record limit: only its start was read
+                text += f" ... [{record.full_size} bytes, first {len(record.raw)} shown]"
             out.write(f"{record.partition} {record.offset} {text}\n")
         printed += len(result.records)
         if result.next_position == position:

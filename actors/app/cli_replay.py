@@ -3,7 +3,8 @@
 The main CLI (``actors/app/cli.py``) calls :func:`add_replay_parser` on its sub-parsers and later
 ``args.func(args)``. Handlers return an exit code; a user mistake raises
 :class:`~runtime.exceptions.UsageError` (one line, exit 2); a refusal because a supervisor holds the
-SQLite lock, or a store failure, raises another :class:`~runtime.exceptions.CtxplaneError` (exit 1).
+SQLite lock, or a store failure, raises another :class:`~runtime.exceptions.CtxplaneError` (exit 1);
+SIGINT/SIGTERM during a replay raises :class:`~runtime.exceptions.Interrupted` (exit 130/143).
 The work itself lives in ``ctxplane.actors.operate.replay``; see its docstring for the semantics.
 """
 
@@ -88,10 +89,13 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay``: validate the manifest (exit 2 on any mistake), apply it, print the one-line summary."""
     from ctxplane.actors.operate.replay import load_manifest, replay
+    from ctxplane.runtime.signals import stop_on_signals
 
     settings = _settings(args)
     manifest = load_manifest(args.manifest)
-    report = anyio.run(replay, settings, manifest)
+    # SIGINT/SIGTERM: the group commit in progress finishes, the store and the lock are released,
+    # and `Interrupted` exits 130/143 with one line saying where the replay stopped.
+    report = anyio.run(stop_on_signals, lambda stop: replay(settings, manifest, stop=stop))
     print(report.summary())
     return 0
 

@@ -8,31 +8,83 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import anyio
+import anyio.abc
+import orjson
 import structlog
 
-from ctxplane.actors.app.tree import build_root
+from ctxplane.actors.app.tree import build_root, known_restarts
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.serve.metrics import Metrics
 from ctxplane.config.settings import Settings, redact_dsn
 from ctxplane.contracts.health import load_health_policy
-from ctxplane.runtime.exceptions import UsageError
+from ctxplane.runtime.exceptions import Interrupted, UsageError
 from ctxplane.runtime.kernel import Registry
+from ctxplane.runtime.signals import STOP_SIGNALS, StopRequest
 
 __all__ = ("open_bus", "run_process", "scope_of")
 
 log = structlog.get_logger("ctxplane.run")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ctxplane")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _features_policy(features: object) -> str:
+    policy = getattr(features, "policy", None)
+    return f"{policy.policy_id}@{policy.revision}" if policy is not None else "disabled"
+
+
 def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
-    """Expose /metrics on ``listen`` (HOST:PORT); returns the function that stops the server."""
-    from prometheus_client import start_http_server
+    """Serve the probes and metrics on ``listen`` (HOST:PORT); returns the function that stops the server.
+
+    ``/metrics``: Prometheus exposition (OpenMetrics when asked for). ``/healthz``: 200 while the
+    process runs (liveness). ``/readyz``: 200 when the store is reachable and partitions are assigned,
+    503 otherwise, with a JSON body saying why (:meth:`Metrics.readiness`). Anything else: 404.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client.exposition import choose_encoder
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                self._answer(200, content_type, encoder(metrics.registry))
+            elif path == "/healthz":
+                self._answer(200, "text/plain; charset=utf-8", b"ok\n")
+            elif path == "/readyz":
+                ready, detail = metrics.readiness()
+                self._answer(200 if ready else 503, "application/json", orjson.dumps(detail) + b"\n")
+            else:
+                self._answer(404, "text/plain; charset=utf-8", b"not found: /metrics, /healthz, /readyz\n")
+
+        def _answer(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not log lines
+            return
 
     host, _, port = listen.rpartition(":")
     try:
-        server, thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+        server = ThreadingHTTPServer((host, int(port)), Handler)
     except (OSError, ValueError) as exc:
         raise UsageError(f"metrics.listen: cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}") from None
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
 
     def stop() -> None:
         server.shutdown()
@@ -47,28 +99,49 @@ async def run_process(settings: Settings, *, once: bool = False) -> None:
 
     Signals are watched from the first instant: a signal during start-up abandons the start-up
     cleanly; afterwards it triggers the graceful stop (stop reading, commit in-flight batches).
+
+    Raises:
+        Interrupted: with ``once``, a signal stopped the process before every partition was
+            drained (the CLI exits 130/143, so a script can tell it from a full drain). Without
+            ``once`` a signal is the normal way to stop, and the call returns.
     """
     # Worker threads (SQLite writer, bus reads) hand the GIL back to the event loop sooner, so a
     # long commit does not delay query answers by a whole default 5 ms switch interval.
     sys.setswitchinterval(0.0005)
+    signalled = StopRequest()
+    drained: list[int] = []  # [partitions drained, partitions expected, 1 if all drained] after the run
     async with anyio.create_task_group() as tg:
         startup = anyio.CancelScope()
         stop = anyio.Event()
 
-        async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async def watch_signals(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                task_status.started()
+                # Kept open until the process ends: a second Ctrl-C during the graceful stop must not
+                # become a KeyboardInterrupt (runtime/signals.py says why that is dangerous).
                 async for signum in signals:
+                    if signalled.requested:
+                        log.info("already stopping", signal=signal.Signals(signum).name)
+                        continue
                     log.info("stopping", signal=signal.Signals(signum).name)
+                    signalled.set(signum)
                     stop.set()
                     startup.cancel()
-                    return
 
-        tg.start_soon(watch_signals)
-        await _run(settings, once=once, startup=startup, stop=stop)
+        await tg.start(watch_signals)
+        await _run(settings, once=once, startup=startup, stop=stop, drained=drained)
         tg.cancel_scope.cancel()
+    if once and signalled.requested and not (drained and drained[2]):
+        assert signalled.signum is not None
+        done = f"{drained[0]} of {drained[1]} partitions drained" if drained else "before start-up completed"
+        raise Interrupted(signalled.signum, (
+            f"run --once interrupted by {signalled.name} ({done}): every committed batch is kept; "
+            "run it again to finish the drain"
+        ))
 
 
-async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, stop: anyio.Event) -> None:
+async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, stop: anyio.Event,
+               drained: list[int]) -> None:
     async with AsyncExitStack() as stack:
         with startup:
             if settings.store.backend == "sqlite":
@@ -87,6 +160,7 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
                     partitions[(topic, partition)] = plane
             registry = Registry()
             metrics = Metrics(registry)
+            metrics.known_partitions(partitions)
             app = AppContext(
                 settings=settings, bus=bus, read_store=read_store, registry=registry,
                 progress=IngestProgress(set(partitions)), scope=scope_of(settings), partitions=partitions,
@@ -100,6 +174,11 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
 
             app.features = build_feature_plane(settings) if settings.features.enabled else None
             root = build_root(app)
+            metrics.known_restarts(*known_restarts(app))
+            metrics.build_info(
+                version=_version(), health_policy=f"{app.health_policy.policy_id}@{app.health_policy.revision}",
+                features_policy=_features_policy(app.features), backend=settings.store.backend, bus=settings.bus.kind,
+            )
             tune_gc_for_ingest()
             log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
                      partitions=len(partitions), once=once)
@@ -120,4 +199,5 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
             await stop.wait()
             await root.stop()
             tg.cancel_scope.cancel()
+        drained[:] = [app.progress.idle_count, app.progress.expected_count, int(app.progress.all_idle)]
         log.info("stopped")

@@ -17,7 +17,16 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 def render_status(answer: dict[str, Any]) -> str:
     health = answer.get("health", {})
     reasons = ", ".join(health.get("reasons", [])) or "-"
-    out = [f"health: {health.get('state', '?')}   reasons: {reasons}", ""]
+    out = [f"health: {health.get('state', '?')}   reasons: {reasons}"]
+    if health.get("counted_since_utc"):
+        window = health.get("policy", {}).get("window_s")
+        line = f"counted since: {health['counted_since_utc']}"
+        if window is not None:
+            line += f" (window {window:g} s"
+            ack = health.get("acknowledged")
+            line += f"; acknowledged by {ack['by']} at {ack['acked_at_utc']}: {ack['reason']})" if ack else ")"
+        out.append(line)
+    out.append("")
     parts = health.get("partitions", [])
     out += _table(
         ["plane", "topic", "partition", "next_offset", "end", "lag", "watermark_ts_utc", "commit_age_s"],

@@ -21,7 +21,7 @@ import structlog
 
 from ctxplane.actors.drills.controller import DRILLS, DrillGate, drill_controller_spec
 from ctxplane.actors.ingest.checkpoint import CheckpointActor
-from ctxplane.actors.ingest.leases import assigner_spec, assignment_mode
+from ctxplane.actors.ingest.leases import ASSIGNER, assigner_spec, assignment_mode
 from ctxplane.actors.ingest.partition import (
     PartitionActor,
     PartitionConfig,
@@ -29,9 +29,10 @@ from ctxplane.actors.ingest.partition import (
 )
 from ctxplane.actors.ingest.store_writer import StoreWriter, StoreWriterConfig
 from ctxplane.actors.resources import AppContext
-from ctxplane.actors.serve.health import HealthActor
+from ctxplane.actors.serve.health import HealthAckGate, HealthActor
 from ctxplane.actors.serve.query import QueryActor
 from ctxplane.contracts.classes import Plane
+from ctxplane.contracts.health import CounterWindow
 from ctxplane.contracts.intake import IntakeRules
 from ctxplane.runtime.exceptions import ActorNameTaken, BusError, SupervisorStopped
 from ctxplane.runtime.kernel import (
@@ -45,7 +46,7 @@ from ctxplane.runtime.kernel import (
 )
 from ctxplane.runtime.store import open_store
 
-__all__ = ("AppContext", "build_root", "partition_name")
+__all__ = ("AppContext", "build_root", "known_restarts", "partition_name")
 
 log = structlog.get_logger("ctxplane.tree")
 
@@ -151,6 +152,18 @@ def _partitions_supervisor(app: AppContext) -> Supervisor:
     return sup
 
 
+def known_restarts(app: AppContext) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (supervisor, child) pairs whose restarts can be counted, and the supervisors that can
+    escalate, as far as they are known at start-up (for metrics pre-created at zero)."""
+    s = app.settings
+    root = [STORE_WRITER, CHECKPOINT, QUERY, "partitions", HEALTH] + ([DRILLS] if s.drills.enabled else [])
+    first = ASSIGNER if assignment_mode(s) != "static" else "discovery"
+    children = [("root", name) for name in root]
+    children += [("partitions", first)] + [("partitions", partition_name(t, p)) for t, p in sorted(app.partitions)]
+    children += [(QUERY, f"query-worker-{n}") for n in range(s.query.workers)]
+    return children, ["root", "partitions"]
+
+
 def build_root(app: AppContext) -> Supervisor:
     s = app.settings
     registry = app.registry
@@ -173,6 +186,8 @@ def build_root(app: AppContext) -> Supervisor:
         return CheckpointActor(store=app.read_store, bus=app.bus, scope=app.scope, partitions=dict(app.partitions))
 
     drill_gate = DrillGate.for_settings(s.drills.enabled, s.query, registry.ref(DRILLS))
+    ack_gate = HealthAckGate(registry.ref(HEALTH), local_or_authenticated=drill_gate.local_or_authenticated)
+    health_counters = CounterWindow()  # outlives restarts of the health actor
 
     def query() -> QueryActor:
         actor = QueryActor(
@@ -181,16 +196,17 @@ def build_root(app: AppContext) -> Supervisor:
             observer=app.observer, counts=app.query_counts, logging=s.logging,
         )
         actor.add_op("drill", drill_gate.handle)
+        actor.add_op("health_ack", ack_gate.handle)
         return actor
 
     def health() -> HealthActor:
         assert app.health_policy is not None
-        run_dir = s.run.platform_run_id or "any-run"
+        run_dir = s.health.artifact_root / (s.run.platform_run_id or "any-run")
         return HealthActor(
             policy=app.health_policy, checkpoint=registry.ref(CHECKPOINT), registry=registry, store=app.read_store,
             scope=app.scope, query_counts=app.query_counts, metrics=app.observer,
-            artifact_path=s.health.artifact_root / run_dir / "reconciliation.json",
-            artifact_interval_s=s.health.artifact_interval_s,
+            artifact_path=run_dir / "reconciliation.json", artifact_interval_s=s.health.artifact_interval_s,
+            counters=health_counters, acks_path=run_dir / "health_acks.jsonl",
         )
 
     children = [

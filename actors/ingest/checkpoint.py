@@ -113,6 +113,8 @@ class CheckpointActor(Actor):
             partitions.append({
                 "plane": s.plane, "topic": topic, "partition": partition, "next_offset": s.next_offset,
                 "offset_kind": s.offset_kind, "end": s.end, "lag": s.lag(self._bus),
+                # Kinesis: the reader's MillisBehindLatest (None on the file bus, or not read lately).
+                "behind_ms": self._bus.behind_latest_ms(topic, partition),
                 "watermark_ts_utc": format_ts_us(s.watermark_us) if s.watermark_us is not None else None,
                 "last_commit_age_s": round(time.time() - s.committed_at, 3) if s.committed_at else None,
             })

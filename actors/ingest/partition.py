@@ -27,6 +27,7 @@ from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.tables.reads import checkpoints_program
 from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef
+from ctxplane.contracts.intake_fast import FastIntake
 from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.contracts.timestamps import parse_ts_us
 from ctxplane.runtime.bus import EventBus
@@ -83,7 +84,8 @@ class PartitionActor(Actor):
         self.config = config
         self._bus = bus
         self._store = store
-        self._rules = rules
+        # The same verdicts as rules.classify, a valid event in a fraction of the time.
+        self._classify = FastIntake(rules).classify
         self._writer = writer
         self._progress = progress
         self.position: str | None = None
@@ -170,7 +172,7 @@ class PartitionActor(Actor):
         result = await self._bus.read(cfg.topic, cfg.partition, self.position, cfg.batch_max_records, cfg.batch_max_bytes)
         if not result.records and result.next_position == self.position:
             return None
-        classify = self._rules.classify
+        classify = self._classify
         watermark = self.watermark_us
         allowed = cfg.allowed_lateness_us
         verdicts = []
@@ -179,7 +181,8 @@ class PartitionActor(Actor):
                 # Let the query actor answer between chunks: a 2000-record batch classifies in
                 # tens of milliseconds, which would otherwise be a latency spike for every query.
                 await anyio.lowlevel.checkpoint()
-            verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw)
+            verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw,
+                               record.full_size)
             if type(verdict) is Accepted:
                 ts = verdict.ts_us
                 if watermark is not None and ts < watermark - allowed:

@@ -36,5 +36,19 @@ class IngestProgress:
     def committed(self, key: PartitionKey, next_offset: str) -> None:
         self.positions[key] = next_offset
 
+    @property
+    def expected_count(self) -> int:
+        return len(self._expected)
+
+    @property
+    def idle_count(self) -> int:
+        """Expected partitions that reported idle (drained) at least once since their last start."""
+        return len(self._expected & self._idle)
+
+    @property
+    def all_idle(self) -> bool:
+        """Every expected partition was idle at once at some moment (what ``run --once`` waits for)."""
+        return self._all_idle.is_set()
+
     async def wait_all_idle(self) -> None:
         await self._all_idle.wait()

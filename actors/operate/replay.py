@@ -73,7 +73,8 @@ from ctxplane.contracts.join import CheckpointRow
 from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
 from ctxplane.runtime.bus import FILE_LINE, EventBus
-from ctxplane.runtime.exceptions import StoreError, UsageError
+from ctxplane.runtime.exceptions import Interrupted, StoreError, UsageError
+from ctxplane.runtime.signals import StopRequest
 from ctxplane.runtime.store import Execute, Fetch, Program, StoreBackend
 
 __all__ = (
@@ -415,7 +416,8 @@ async def _produce(
                     # window's end; such records belong to the next window, not this one.
                     if int(record.offset) >= window.stop:
                         break
-                    verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw)
+                    verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind),
+                                       record.raw, record.full_size)
                     if type(verdict) is Accepted:
                         ts = verdict.ts_us
                         if watermark is not None and ts < watermark - allowed:
@@ -490,12 +492,31 @@ def _record_program(
     return bases, basis_digest
 
 
-async def replay(settings: Settings, manifest: ReplayManifest) -> ReplayReport:
+def _interrupted(stop: StopRequest, rid: str, *, groups: int, counts: Mapping[str, int],
+                 last: ApplyBatch | None) -> Interrupted:
+    """The one line an interrupted replay ends with: what it committed, and where it stopped."""
+    assert stop.signum is not None
+    if last is None:
+        where = "before its first group commit: nothing was applied"
+    else:
+        where = (f"after {groups} group commit(s) at {last.topic} partition {last.partition} offset {last.next_offset}"
+                 " (the manifest's partitions before it are done, the ones after it not started)")
+    return Interrupted(stop.signum, (
+        f"replay {rid} interrupted by {stop.name} {where}; events_committed={sum(counts.values())} "
+        f"applied={counts.get('applied', 0)} "
+        f"duplicates={counts.get('duplicate', 0)}; every group commit is whole: run the same replay again to finish it"
+    ))
+
+
+async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequest | None = None) -> ReplayReport:
     """Apply exactly the manifest's window to the configured store; record and return what it did.
 
     Args:
         settings: the deployment (store, bus, planes, intake and ingest settings).
         manifest: a validated manifest (:func:`load_manifest`).
+        stop: when it is requested (SIGINT/SIGTERM, see ``ctxplane.runtime.signals``), the replay
+            stops reading, lets the group commit in progress finish, closes the store and the bus,
+            and raises :class:`Interrupted`.
 
     Returns:
         The :class:`ReplayReport`; the store then holds the window's effects, its checkpoints moved
@@ -507,11 +528,14 @@ async def replay(settings: Settings, manifest: ReplayManifest) -> ReplayReport:
         StoreError: a ``ctxplane run`` holds the SQLite lock, or the store fails; every group
             commit is atomic, so a failed replay leaves whole group commits only, and running it
             again is safe (dedupe).
+        Interrupted: ``stop`` was requested; whole group commits only, no ``replays`` row (the
+            replay did not finish); the message says where it stopped.
     """
     planes = settings.topics()
     for entry in manifest.topics:
         if entry.topic not in planes:
             raise UsageError(f"{REPLAY_TOPIC_NOT_ALLOWED}: {entry.topic}")
+    stop = stop if stop is not None else StopRequest()
     rid = replay_id(manifest)
     scope = scope_of(settings)
     touched = tuple(sorted({planes[entry.topic] for entry in manifest.topics}))
@@ -540,20 +564,49 @@ async def replay(settings: Settings, manifest: ReplayManifest) -> ReplayReport:
         began = time.perf_counter()
         counts: Counter[str] = Counter()
         read_counter = [0]
+        groups = 0
+        last: ApplyBatch | None = None
         writer = feature_plane.writer if feature_plane is not None else None
         send, receive = anyio.create_memory_object_stream[list[ApplyBatch]](_PIPELINE_DEPTH)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: _produce(
-                send, bus, windows, rules, scope=scope, read_records=settings.ingest.batch_max_records,
-                read_bytes=settings.ingest.batch_max_bytes, group_records=settings.ingest.group_commit_max_records,
-                read_counter=read_counter,
-            ))
+            reading = anyio.CancelScope()
+
+            async def produce() -> None:
+                with reading:
+                    await _produce(
+                        send, bus, windows, rules, scope=scope, read_records=settings.ingest.batch_max_records,
+                        read_bytes=settings.ingest.batch_max_bytes,
+                        group_records=settings.ingest.group_commit_max_records, read_counter=read_counter,
+                    )
+
+            async def stop_reading() -> None:
+                await stop.event.wait()
+                log.warning("replay stopping", replay_id=rid, signal=stop.name,
+                            detail="the group commit in progress finishes; nothing after it starts")
+                reading.cancel()
+
+            tg.start_soon(produce)
+            tg.start_soon(stop_reading)
             async with receive:
                 async for group in receive:
-                    # As in the store-writer: a record the store refuses is ledgered, not fatal.
+                    if stop.requested:
+                        break  # a group read but not yet written: dropped whole, re-read by the next run
+                    # As in the store-writer: a record the store refuses is ledgered, not fatal. The
+                    # write is never abandoned half-way (the worker thread finishes its transaction).
                     outcome, _ = await write_isolating(store, lambda batches: replay_group_program(
                         batches, recorded_at=now_utc(), features=writer, held=held), group)
                     counts.update(outcome.counts)
+                    groups += 1
+                    last = group[-1]
+                    if stop.requested:
+                        break
+            tg.cancel_scope.cancel()
+        if stop.requested:
+            error = _interrupted(stop, rid, groups=groups, counts=counts, last=last)
+            log.warning("replay interrupted", replay_id=rid, signal=stop.name, group_commits=groups,
+                        applied=counts.get("applied", 0), topic=last.topic if last else None,
+                        partition=last.partition if last else None, next_offset=last.next_offset if last else None)
+            raise error
         seconds = time.perf_counter() - began
         bases, basis_digest = await store.write(_record_program(
             rid, manifest, started_at=started_at, events=read_counter[0], counts=counts, scope=scope, planes=touched,

@@ -216,8 +216,8 @@ class QueryEngine:
         request_id = request.get("request_id")
         if op in JOIN_OPS:
             status = "INVALID_REQUEST" if reason is Reason.INVALID_REQUEST else "UNAVAILABLE"
-            return {"request_id": request_id, "status": status, "reason_codes": [reason.value], "detail": detail,
-                    "retryable": retryable, "pins": request.get("pins"), "resolved_at_utc": now_utc()}
+            return {"request_id": request_id, "status": status, "reason_codes": [reason.value], "code": reason.value,
+                    "detail": detail, "retryable": retryable, "pins": request.get("pins"), "resolved_at_utc": now_utc()}
         code = {Reason.INVALID_REQUEST: "INVALID_REQUEST"}.get(reason, "UNAVAILABLE")
         return {**error_response(code, detail, request_id=request_id, retryable=retryable), "reason": reason.value}
 

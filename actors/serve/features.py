@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import orjson
 
 from ctxplane.actors.serve.engine import wait_budget_ms
 from ctxplane.actors.tables.features import (
@@ -36,6 +37,7 @@ from ctxplane.contracts.features.serve import (
     build_snapshot,
     feature_error,
     parse_feature_request,
+    pins_refusal,
     served_groups,
     windows_needed,
 )
@@ -46,6 +48,10 @@ from ctxplane.runtime.server import peer_gone
 from ctxplane.runtime.store import Fetch, Program
 
 __all__ = ("FeaturePlane", "build_feature_plane")
+
+# Every pins set the store holds for a run (context_pins is written in the apply transaction of
+# the run's first event with each set; a handful of rows per run).
+_RUN_PINS = "SELECT pins_json FROM context_pins WHERE platform_run_id = ? AND scenario_run_id = ? ORDER BY pins_id"
 
 class FeaturePlane:
     """The feature plane's policy, its writer plug-in and its ``get_features`` answers."""
@@ -71,6 +77,12 @@ class FeaturePlane:
         run, scenario = request.pins["platform_run_id"], request.pins["scenario_run_id"]
         checkpoints = yield from checkpoints_program(self.scope, "features")
         basis = basis_of(plane_stream("features", self.scope), checkpoints)
+        # The run's stored pins, in the same snapshot as the values: a request whose pins differ
+        # is refused before any value is read (contracts.features.serve.pins_refusal).
+        pins_rows = yield Fetch(_RUN_PINS, (run, scenario))
+        stored_pins = tuple(orjson.loads(row[0]) for row in pins_rows)
+        if pins_refusal(request, stored_pins) is not None:
+            return FeaturesRead(basis, {}, frozenset(), None, stored_pins)
         # Serve from the retention cut-off implied by the basis itself (newest watermark − retention),
         # not from how far pruning happened to get: two stores at the same basis then answer alike,
         # whatever their pruning history (pruning never passes this cut-off).
@@ -122,7 +134,7 @@ class FeaturePlane:
                 exists = yield Fetch(f"SELECT 1 FROM feature_tiles WHERE {scope}{kept} LIMIT 1", params + extra)
                 if exists:
                     seen.add((key_type, key_id))
-        return FeaturesRead(basis, aggregates, frozenset(seen), cutoff)
+        return FeaturesRead(basis, aggregates, frozenset(seen), cutoff, stored_pins)
 
     async def answer(self, query: Any, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         parsed = parse_feature_request(request, max_wait_ms=wait_budget_ms(deadline_s))
@@ -136,6 +148,10 @@ class FeaturePlane:
         while True:
             seen = query.commits_seen
             read = await query.store.read(self.read_program(parsed))
+            refusal = pins_refusal(parsed, read.stored_pins)
+            if refusal is not None:
+                # Fail closed, no values: stored pins never change, so waiting cannot help.
+                return feature_error("PINS_MISMATCH", refusal, parsed.request_id, served_at=now_utc())
             watermark = read.basis["watermark_ts_utc"]
             if (watermark is not None and watermark >= parsed.as_of_time_utc) or anyio.current_time() >= until \
                     or peer_gone():

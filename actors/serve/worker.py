@@ -71,6 +71,16 @@ def query_read_timeout_s(settings: QuerySettings) -> float:
     return min(0.5, settings.default_deadline_ms / 2000)
 
 
+class _Pending:
+    """A forwarded op waiting for the parent's reply."""
+
+    __slots__ = ("answered", "reply")
+
+    def __init__(self) -> None:
+        self.answered = anyio.Event()
+        self.reply: dict[str, Any] = {}
+
+
 class _ParentLink:
     """The worker's side of the channel: forwarded ops awaiting answers, latencies to ship."""
 
@@ -79,7 +89,7 @@ class _ParentLink:
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._next_id = 0
-        self._waiting: dict[int, list[Any]] = {}  # id -> [event, message]
+        self._waiting: dict[int, _Pending] = {}  # forwarded ops by id
         self._observed: list[list[Any]] = []
         self._auth_failures = 0
         self._observed_ready = anyio.Event()
@@ -87,26 +97,25 @@ class _ParentLink:
     async def forward(self, op: str, request: dict[str, Any], deadline_s: float) -> Any:
         self._next_id += 1
         ask_id = self._next_id
-        slot: list[Any] = [anyio.Event(), None]
-        self._waiting[ask_id] = slot
+        pending = self._waiting[ask_id] = _Pending()
         try:
             # Latencies first: the parent records them before it answers this ask, so a client that
             # got this answer sees every earlier answer of this worker counted on /metrics.
             await self.flush()
             await self._channel.send({"t": "ask", "id": ask_id, "op": op, "request": request, "deadline_s": deadline_s})
-            await slot[0].wait()
+            await pending.answered.wait()
         finally:
             self._waiting.pop(ask_id, None)
-        reply = slot[1]
+        reply = pending.reply
         if "error" in reply:
             raise self._ERRORS.get(reply["error"], ForwardedOpFailed)(reply.get("detail", reply["error"]))
         return reply["answer"]
 
     def resolve(self, reply: dict[str, Any]) -> None:
-        slot = self._waiting.get(reply["id"])
-        if slot is not None:  # None: the request gave up at its deadline
-            slot[1] = reply
-            slot[0].set()
+        pending = self._waiting.get(reply["id"])
+        if pending is not None:  # None: the request gave up at its deadline
+            pending.reply = reply
+            pending.answered.set()
 
     def observe(self, op: str, status: str, seconds: float, count: str | None) -> None:
         self._observed.append([op, status, seconds, count])

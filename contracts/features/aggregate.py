@@ -47,6 +47,7 @@ AMOUNT_SCALE = 1_000_000
 #: Largest accepted ``|amount|`` (currency units); beyond it an amount counts as absent.
 MAX_ABS_AMOUNT = 10**9
 _MAX_ABS_DEC = Decimal(MAX_ABS_AMOUNT)
+_MAX_ABS_UNITS = MAX_ABS_AMOUNT * AMOUNT_SCALE
 # A numeric string longer than this is not an amount anyone sends; refusing it bounds Decimal work.
 _MAX_AMOUNT_TEXT = 64
 # Plain decimal notation only (optional sign, digits, fraction, exponent), ASCII. Rejects what
@@ -90,7 +91,14 @@ def parse_amount(value: object) -> int | None:
     if type(value) is float:
         if not math.isfinite(value):
             return None
-        return _decimal_to_units(Decimal(repr(value)))
+        text = repr(value)
+        whole, dot, fraction = text.partition(".")
+        if dot and len(fraction) <= 6 and fraction.isdigit():
+            # Plain notation with at most six decimals (most amounts): the digits are the units,
+            # exactly what the Decimal path below gives, without its cost (~1.5 µs per event).
+            units = int(whole + fraction.ljust(6, "0"))
+            return units if -_MAX_ABS_UNITS <= units <= _MAX_ABS_UNITS else None
+        return _decimal_to_units(Decimal(text))
     if isinstance(value, str):
         text = value.strip(" \t\r\n")
         if len(text) > _MAX_AMOUNT_TEXT or _AMOUNT_RE.fullmatch(text) is None:

@@ -24,7 +24,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -40,6 +39,7 @@ from pydantic import (
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.exceptions import ConfigError
 from ctxplane.contracts.features.aggregate import AGGREGATIONS
+from ctxplane.contracts.yamlfile import YAMLError, load_yaml, yaml_problem
 
 __all__ = (
     "DEFAULT_AGGREGATIONS",
@@ -397,31 +397,6 @@ def default_policy_path() -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one, so a
-    second ``revision:`` line would quietly win)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                ident = (key_node.tag, key_node.value)
-                if ident in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-                    )
-                seen.add(ident)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        problem = exc.problem or exc.context or "syntax error"
-        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return "invalid YAML: " + " ".join(str(exc).split())
-
-
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -505,7 +480,7 @@ def load_policy(path: str | os.PathLike[str]) -> FeaturePolicy:
     except OSError as exc:
         raise PolicyError(f"{source}: cannot read policy file: {exc.strerror or exc}") from None
     try:
-        data = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: {_yaml_problem(exc)}") from None
+        data = load_yaml(raw)
+    except YAMLError as exc:
+        raise PolicyError(f"{source}: {yaml_problem(exc)}") from None
     return parse_policy(data, source=source)

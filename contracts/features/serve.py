@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctxplane.contracts.canonical import digest
-from ctxplane.contracts.envelope import pins_error
+from ctxplane.contracts.envelope import pins_mismatch, pins_problem
 from ctxplane.contracts.features.aggregate import Agg, present
 from ctxplane.contracts.features.policy import FeatureGroup, FeaturePolicy
 from ctxplane.contracts.features.tiles import as_of_beyond_retention
@@ -25,6 +25,7 @@ __all__ = (
     "build_snapshot",
     "feature_error",
     "parse_feature_request",
+    "pins_refusal",
     "snapshot_hash",
 )
 
@@ -53,6 +54,8 @@ class FeaturesRead:
     aggregates: Mapping[tuple[str, str, int], Agg]  # (key_type, key_id, duration_us) -> window aggregate
     seen_keys: frozenset[tuple[str, str]]
     retention_cutoff_us: int | None
+    # The pins sets the store holds for the request's run (platform_run_id, scenario_run_id).
+    stored_pins: tuple[Mapping[str, Any], ...] = ()
 
 
 def feature_error(code: str, detail: str, request_id: Any, *, served_at: str) -> dict[str, Any]:
@@ -67,11 +70,10 @@ def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> Fe
     if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
         return "INVALID_REQUEST", "request_id must be a string of 1..128 characters"
     pins = request.get("pins")
-    if not pins:
-        return "MISSING_PINS", "pins are required"
-    problem = pins_error(pins)
+    problem = pins_problem(pins)
     if problem is not None:
-        return ("MISSING_PINS" if problem.endswith("is required") else "INVALID_REQUEST"), problem
+        return problem
+    assert isinstance(pins, dict)
     as_of = request.get("as_of_time_utc")
     if as_of is None:
         return "INVALID_REQUEST", "as_of_time_utc is required"
@@ -114,6 +116,27 @@ def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> Fe
         return "INVALID_REQUEST", "wait_ms must be a non-negative integer"
     return FeatureRequest(request_id, dict(pins), as_of, as_of_us, tuple(keys), tuple(sorted(groups)), mode,
                           min(wait_ms, max_wait_ms))
+
+
+def pins_refusal(request: FeatureRequest, stored_pins: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why ``request`` may not be served from a run holding ``stored_pins``, or ``None``.
+
+    Feature state is kept per run (``platform_run_id``, ``scenario_run_id``); the pins of what is
+    served are the pins sets the store holds for that run. Every pin of the request must equal
+    each of them (:func:`~ctxplane.contracts.envelope.pins_mismatch`, the rule of both planes): a
+    run whose events carry several pins sets serves no request (its values mix them), and a run
+    the store has never seen has nothing to mismatch (its keys are ``MISSING_FEATURE_STATE``).
+
+    Returns:
+        the detail of a ``PINS_MISMATCH`` error naming the differing pins, or ``None``.
+    """
+    differing: list[str] = []
+    for stored in stored_pins:
+        differing.extend(name for name in pins_mismatch(request.pins, stored) if name not in differing)
+    if not differing:
+        return None
+    return (f"pins differ from the stored pins of run {request.pins['platform_run_id']} / "
+            f"{request.pins['scenario_run_id']}: {', '.join(differing)}")
 
 
 def served_groups(policy: FeaturePolicy, request: FeatureRequest) -> tuple[list[FeatureGroup], list[tuple[str, str]]]:

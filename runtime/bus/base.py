@@ -13,7 +13,9 @@ ordered with :meth:`EventBus.compare_positions`, never with ``<`` on strings.
 Adapters move bytes and nothing else: :class:`BusRecord.raw` is the record exactly as it sits on the
 bus. Decoding and validation belong to the pure intake core, so that junk (not JSON, not UTF-8, a
 10 MB line) becomes a ledger row there instead of an exception here — an adapter never skips or
-rejects a record because of its content.
+rejects a record because of its content. The one exception is size: an adapter may bound how much
+of a record it reads into memory, and then hands out the record's first bytes with its
+:attr:`BusRecord.full_size`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class BusRecord:
         offset_kind: ``"file_line"`` or ``"kinesis_sequence"``.
         raw: The record's bytes exactly as on the bus (for the file bus, the line without its
             trailing ``\\n``). Never decoded or validated here.
+        full_size: ``None`` when ``raw`` is the whole record. Set when the record was longer than
+            the adapter reads into memory: ``raw`` then holds only its first bytes and
+            ``full_size`` its length (intake rejects it for its size, never parses the prefix).
     """
 
     topic: str
@@ -56,6 +61,7 @@ class BusRecord:
     offset: str
     offset_kind: str
     raw: bytes
+    full_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,12 @@ class EventBus(abc.ABC):
     def lag(self, position: str, end: str) -> int | None:
         """Records between ``position`` and ``end`` (both exclusive-next), or ``None`` when the
         bus's positions are not contiguous counts (Kinesis sequence numbers)."""
+        return None
+
+    def behind_latest_ms(self, topic: str, partition: int) -> int | None:
+        """How far this process's reader of the partition is behind its newest record, in
+        milliseconds, as the bus last said (Kinesis: ``MillisBehindLatest``), or ``None`` when the
+        bus does not say or nothing was read lately. No I/O."""
         return None
 
     async def __aenter__(self) -> Self:

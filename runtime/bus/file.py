@@ -10,7 +10,9 @@ A record's offset is its 0-based line index, written as a decimal string (offset
 ``file_line``); positions are exclusive-next line indexes. Blank lines (empty or whitespace only)
 count as offsets but carry no record. Only complete lines — ending in ``\\n`` — are consumed: a
 half-written last line stays unread until its newline arrives. The reader never looks inside a
-line; readers downstream also accept ``"envelope"`` for ``"payload"`` and bare envelope lines.
+line; readers downstream also accept ``"envelope"`` for ``"payload"`` and bare envelope lines. A
+line longer than ``max_record_bytes`` (1 MiB, the intake limit) is never read whole: the record
+carries its first ``max_record_bytes`` bytes and its ``full_size``, and intake ledgers it.
 
 ``<root>/<topic>/head.json`` is *advisory*: ``{"next_offset": N0, "partitions": {"0":
 {"next_offset": N0}, "1": {"next_offset": N1}, ...}}`` — one file per topic with the next offset of
@@ -72,7 +74,7 @@ from ctxplane.runtime.bus.base import (
 from ctxplane.runtime.bus.routing import partition_for
 from ctxplane.runtime.exceptions import BusClosed, BusError, BusPositionError
 
-__all__ = ("FILE_LINE", "FileBus")
+__all__ = ("DEFAULT_MAX_RECORD_BYTES", "FILE_LINE", "FileBus")
 
 #: The offset kind of the file bus.
 FILE_LINE: Final = "file_line"
@@ -83,6 +85,10 @@ FILE_LINE: Final = "file_line"
 # megabytes either. A line longer than this grows the request to the pending line's length
 # (doubling), so a 10 MB line costs O(n) copying, not O(n^2).
 _READ_CHUNK: Final = 256 * 1024
+
+#: The longest record the file bus hands out whole (the intake limit, contracts.intake.MAX_RECORD_BYTES,
+#: by default): a longer line is cut to this many bytes and flagged with its full size.
+DEFAULT_MAX_RECORD_BYTES: Final = 1024 * 1024
 
 # Bytes asked of one pread while only counting newlines (moving a cursor, computing the end).
 # bytes.count runs at memory speed; 1 MiB keeps the number of syscalls low without holding much.
@@ -148,6 +154,21 @@ def _advance(fd: int, line_index: int, byte_offset: int, target: int | None) -> 
     return line_index, byte_offset
 
 
+def _line_end(fd: int, scan: int) -> int | None:
+    """The file offset of the first ``\\n`` at or after ``scan``, or None when the file ends first.
+
+    Reads ``_SCAN_CHUNK`` bytes at a time and keeps none of them: how an oversized line is skipped.
+    """
+    while True:
+        chunk = os.pread(fd, _SCAN_CHUNK, scan)
+        if not chunk:
+            return None
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return scan + found
+        scan += len(chunk)
+
+
 def _read_lines(
     fd: int,
     topic: str,
@@ -156,6 +177,7 @@ def _read_lines(
     byte_offset: int,
     max_records: int,
     max_bytes: int,
+    max_record_bytes: int,
 ) -> tuple[list[BusRecord], int, int]:
     """Read complete lines starting at (``line_index``, ``byte_offset``).
 
@@ -163,6 +185,12 @@ def _read_lines(
     would take the consumed bytes (line bytes + newlines, blank lines included) past ``max_bytes`` —
     but the first line is always consumed, so an oversized record goes out alone. Returns the
     records and the cursor after the last consumed line.
+
+    A line longer than ``max_record_bytes`` is never held whole: once that many bytes of it are in
+    hand, its end is found by scanning (nothing kept), and it becomes one record whose ``raw`` is its
+    first ``max_record_bytes`` bytes and whose ``full_size`` is its length — memory per read stays
+    O(``max_bytes`` + ``max_record_bytes``) whatever the bus holds. (So a line that long counts as
+    a record even if it is all whitespace: junk for intake to ledger.)
 
     Each chunk is cut with one ``bytes.split`` (C speed); measured ~1.5x faster than a
     ``find``/slice loop. The price is splitting a whole chunk when a batch ends early in it.
@@ -174,7 +202,8 @@ def _read_lines(
     pending = b""  # the start of a line whose newline is not in the bytes read so far
     read_at = byte_offset  # file offset of the first byte not yet read
     while True:
-        # Grow the request with the pending line, so a huge line is read in doubling steps.
+        # Grow the request with the pending line, so a long line is read in doubling steps (up to
+        # the record limit: past it, the line is skipped below instead).
         want = max(_READ_CHUNK, len(pending))
         chunk = os.pread(fd, want, read_at)
         if not chunk:
@@ -186,13 +215,34 @@ def _read_lines(
             size = len(line) + 1
             if consumed and consumed + size > max_bytes:
                 return records, line_index, byte_offset + consumed
-            if size > 1 and not line.isspace():
+            if size > max_record_bytes + 1:
+                append(BusRecord(topic, partition, str(line_index), FILE_LINE, line[:max_record_bytes], len(line)))
+                room -= 1
+            elif size > 1 and not line.isspace():
                 append(BusRecord(topic, partition, str(line_index), FILE_LINE, line))
                 room -= 1
             line_index += 1
             consumed += size
             if not room:
                 return records, line_index, byte_offset + consumed
+        if len(pending) > max_record_bytes:
+            # An oversized line: keep its first bytes, find where it ends without reading it in.
+            end = _line_end(fd, read_at)
+            if end is None:
+                break  # not complete yet (a producer still writing, or one that crashed): not consumed
+            length = end - (byte_offset + consumed)
+            size = length + 1
+            if consumed and consumed + size > max_bytes:
+                return records, line_index, byte_offset + consumed
+            append(BusRecord(topic, partition, str(line_index), FILE_LINE, pending[:max_record_bytes], length))
+            room -= 1
+            line_index += 1
+            consumed += size
+            pending = b""
+            read_at = end + 1
+            if not room:
+                return records, line_index, byte_offset + consumed
+            continue
         # A regular file returns a short read only at its current end.
         if len(chunk) < want:
             break
@@ -272,9 +322,12 @@ class FileBus(EventBus):
             or ``"latest"`` (the partition's current end; that read returns no records).
         default_partitions: Partition count of a topic created implicitly by a publish that does
             not name one.
+        max_record_bytes: A line longer than this is handed out cut to its first
+            ``max_record_bytes`` bytes, with :attr:`BusRecord.full_size` set, and the rest of it is
+            skipped without being read into memory.
 
     Raises:
-        ValueError: unknown ``start_position`` or ``default_partitions < 1``.
+        ValueError: unknown ``start_position``, ``default_partitions < 1`` or ``max_record_bytes < 1``.
     """
 
     offset_kind = FILE_LINE
@@ -285,6 +338,7 @@ class FileBus(EventBus):
         start_position: str = "trim_horizon",
         *,
         default_partitions: int = 1,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         if start_position not in START_POSITIONS:
             raise ValueError(
@@ -293,6 +347,9 @@ class FileBus(EventBus):
             )
         if default_partitions < 1:
             raise ValueError(f"default_partitions must be >= 1, got {default_partitions}")
+        if max_record_bytes < 1:
+            raise ValueError(f"max_record_bytes must be >= 1, got {max_record_bytes}")
+        self._max_record_bytes = max_record_bytes
         self._root = Path(root)
         self._start_position = start_position
         self._default_partitions = default_partitions
@@ -429,7 +486,8 @@ class FileBus(EventBus):
             if st.st_size <= cursor.byte_offset or st.st_size == cursor.stalled_size:
                 return ReadResult([], str(start))
             records, line_index, byte_offset = _read_lines(
-                cursor.fd, topic, partition, start, cursor.byte_offset, max_records, max_bytes
+                cursor.fd, topic, partition, start, cursor.byte_offset, max_records, max_bytes,
+                self._max_record_bytes,
             )
             if line_index == start:
                 # Nothing complete to consume: remember the size so idle polls skip the re-read.

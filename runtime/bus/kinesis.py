@@ -128,6 +128,8 @@ _PUT_MAX_RECORDS: Final = 500
 _PUT_MAX_BYTES: Final = 5 * 1024 * 1024
 _RECORD_MAX_BYTES: Final = 1024 * 1024
 _KEY_MAX_CHARS: Final = 256
+# A MillisBehindLatest older than this (no GetRecords on the shard since) is no longer reported.
+_BEHIND_TTL_S: Final = 60.0
 # An unknown shard (deleted stream, not yet listed) is re-listed at most this often.
 _RELIST_S: Final = 1.0
 # Creating a stream takes ~30 s on AWS, none on emulators; give up after this.
@@ -315,6 +317,7 @@ class KinesisBus(EventBus):
         self._shard_locks: dict[tuple[str, int], anyio.Lock] = {}
         self._next_read_at: dict[tuple[str, int], float] = {}
         self._last_seen: dict[tuple[str, int], int] = {}
+        self._behind: dict[tuple[str, int], tuple[int, float]] = {}  # MillisBehindLatest, monotonic time
         self._known_streams: set[str] = set()
         self._listed_at: dict[str, float] = {}
         self._rng = random.Random()
@@ -590,6 +593,8 @@ class KinesisBus(EventBus):
                 raise BusError(f"kinesis GetRecords on {stream}/{shard.shard_id} failed: {code}") from None
             next_iterator = answer.get("NextShardIterator")
             behind = answer.get("MillisBehindLatest")
+            if isinstance(behind, int) and not isinstance(behind, bool):
+                self._behind[key] = (behind, time.monotonic())
             cursor.iterator = next_iterator
             raw_records = answer.get("Records") or ()
             for raw in raw_records:
@@ -655,6 +660,17 @@ class KinesisBus(EventBus):
         if self._closed:
             raise BusClosed("the Kinesis bus is closed")
         return str(self._last_seen.get((self.stream_of(topic), partition), 0))
+
+    def behind_latest_ms(self, topic: str, partition: int) -> int | None:
+        """``MillisBehindLatest`` of the shard's last GetRecords answer (no API call), or ``None``
+        when there was none in the last ``_BEHIND_TTL_S`` seconds."""
+        try:
+            value = self._behind.get((self.stream_of(topic), partition))
+        except BusError:
+            return None
+        if value is None or time.monotonic() - value[1] > _BEHIND_TTL_S:
+            return None
+        return value[0]
 
     def compare_positions(self, a: str, b: str) -> int:
         left, right = _parse_position(a), _parse_position(b)

@@ -32,7 +32,8 @@ async def open_store(
 ) -> StoreBackend:
     """Connect to the store named by ``settings.dsn``.
 
-    ``inline_reads`` (SQLite): run reads on the caller's thread — for a loop dedicated to queries.
+    ``inline_reads`` (SQLite): a read-only store for a loop dedicated to queries: reads run on the
+    caller's thread, on connections that refuse writes (``PRAGMA query_only``).
     ``read_timeout_s`` (PostgreSQL): bound every read, connecting included; an unanswered read
     raises StoreUnavailable after that long (SQLite reads are local files: not needed there).
 
@@ -44,7 +45,7 @@ async def open_store(
 
         return await open_sqlite(
             settings.sqlite_path, synchronous=settings.synchronous, busy_timeout_s=settings.busy_timeout_s,
-            inline_reads=inline_reads,
+            inline_reads=inline_reads, cache_mb=settings.sqlite_cache_mb, mmap_mb=settings.sqlite_mmap_mb,
         )
     try:
         from ctxplane.runtime.store.postgres import open_postgres

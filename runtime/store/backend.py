@@ -5,13 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TypeVar
 
-from ctxplane.runtime.exceptions import StoreError
+from ctxplane.runtime.exceptions import StoreError, StoreUnavailable
 from ctxplane.runtime.store.dialect import Dialect
 from ctxplane.runtime.store.program import Program
 from ctxplane.runtime.store.schema import (
     SchemaStatus,
     migrate_program,
     schema_status_program,
+    schema_version_program,
+    status_of,
 )
 
 __all__ = ("StoreBackend",)
@@ -46,7 +48,22 @@ class StoreBackend(ABC):
         return await self.write(migrate_program())
 
     async def schema_status(self) -> SchemaStatus:
-        return await self.write(schema_status_program())
+        """The applied schema version.
+
+        A read when the migration table exists, so no write lock is taken: `ctxplane digest` and
+        `replay`, and `run` at start-up, never queue behind a writer's commit just to learn that
+        the schema is current. An empty store (no table yet) falls back to the write that creates it.
+
+        Raises:
+            StoreError: the store's schema is newer than this build (or any store failure).
+        """
+        try:
+            current = await self.read(schema_version_program())
+        except StoreUnavailable:
+            raise
+        except StoreError:  # no migration table: an empty store
+            return await self.write(schema_status_program())
+        return status_of(current)
 
     async def ensure_schema(self, *, auto_migrate: bool) -> list[int]:
         """Make sure the schema is current: migrate when allowed, else refuse clearly."""

@@ -15,7 +15,10 @@ from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.exceptions import StoreError
 from ctxplane.runtime.store.program import Execute, Fetch, Program
 
-__all__ = ("MIGRATIONS", "Migration", "SchemaStatus", "migrate_program", "schema_status_program")
+__all__ = (
+    "MIGRATIONS", "Migration", "SchemaStatus", "migrate_program", "schema_status_program", "schema_version_program",
+    "status_of",
+)
 
 _TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER NOT NULL PRIMARY KEY,
@@ -62,11 +65,26 @@ class SchemaStatus:
         return [m for m in MIGRATIONS if m.version > self.current]
 
 
+def schema_version_program() -> Program[int]:
+    """Read the applied schema version; needs no write transaction, but fails (a
+    :class:`StoreError` from the backend) on a store without the migration table."""
+    rows = yield Fetch("SELECT max(version) FROM schema_migrations")
+    return int(rows[0][0] or 0)
+
+
 def schema_status_program() -> Program[SchemaStatus]:
-    """Read the applied schema version (0 for an empty store)."""
+    """Read the applied schema version (0 for an empty store), creating the migration table."""
     yield Execute(_TABLE)
     rows = yield Fetch("SELECT max(version) FROM schema_migrations")
-    current = rows[0][0] or 0
+    return status_of(rows[0][0] or 0)
+
+
+def status_of(current: int) -> SchemaStatus:
+    """The status of a store at schema version ``current``.
+
+    Raises:
+        StoreError: ``current`` is newer than every migration this build knows.
+    """
     latest = MIGRATIONS[-1].version if MIGRATIONS else 0
     if current > latest:
         raise StoreError(

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ctxplane.contracts.envelope import Envelope, envelope_error, pins_error
+from ctxplane.contracts.envelope import PIN_FIELDS, Envelope, envelope_error, pins_error, pins_mismatch, pins_problem
 from tests.support.workload import PINS, envelope
 
 VALID = envelope("arrival_events_5B", {"merchant_id": "m-1", "arrival_seq": 1})
@@ -58,10 +58,26 @@ def test_invalid_formats(field: str, value: Any) -> None:
 def test_pins() -> None:
     assert pins_error(PINS) is None
     assert pins_error({k: v for k, v in PINS.items() if k != "run_id"}) is None
-    assert pins_error(None) == "pins must be an object"
+    assert pins_error("x") == "pins must be an object"
     assert pins_error({**PINS, "seed": None}) == "pins.seed is required"
     assert pins_error({**PINS, "scenario_run_id": "x"}) == "pins.scenario_run_id is invalid"
     assert pins_error({**PINS, "flow_id": "x"}) == "pins.flow_id is not a pin"
+    # Absent pins, or an omitted required pin, are MISSING_PINS; a malformed one is INVALID_REQUEST.
+    assert pins_problem(None) == pins_problem({}) == ("MISSING_PINS", f"pins are required ({', '.join(PIN_FIELDS)})")
+    assert pins_problem({**PINS, "seed": None}) == ("MISSING_PINS", "pins.seed is required")
+    assert pins_problem({k: v for k, v in PINS.items() if k != "run_id"}) is None  # run_id is optional
+    assert pins_problem({**PINS, "seed": -1}) == ("INVALID_REQUEST", "pins.seed is invalid")
+
+
+def test_pins_mismatch_compares_every_pin_the_request_carries() -> None:
+    assert pins_mismatch(PINS, PINS) == []
+    assert pins_mismatch({**PINS, "seed": 43, "parameter_hash": "0" * 64}, PINS) == ["parameter_hash", "seed"]
+    stored_without_run_id = {k: v for k, v in PINS.items() if k != "run_id"}
+    assert pins_mismatch(stored_without_run_id, PINS) == []  # omitted: not compared
+    assert pins_mismatch({**PINS, "run_id": None}, PINS) == []
+    assert pins_mismatch(PINS, stored_without_run_id) == ["run_id"]  # named: must match
+    assert pins_mismatch({**PINS, "run_id": "c" * 32}, PINS) == ["run_id"]
+    assert pins_mismatch(PINS, {**PINS, "seed": "42"}) == []  # compared as strings, as the origin does
 
 
 def test_a_known_valid_run_identity_does_not_whitelist_lookalike_values() -> None:

@@ -9,9 +9,12 @@ import pytest
 
 from ctxplane.contracts.health import (
     SIGNALS,
+    CounterWindow,
     HealthSignals,
+    counted_since,
     evaluate_health,
     load_health_policy,
+    parse_ack_request,
 )
 from ctxplane.runtime.exceptions import ConfigError
 
@@ -90,3 +93,55 @@ def test_policy_file_must_name_every_signal(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="missing threshold"):
         load_health_policy(bad, env={})
     assert len(POLICY.thresholds) == len(SIGNALS)
+
+
+# -- health recovers: the window, acknowledgements, counter resets --------------------------------
+
+
+def test_the_policy_has_a_window_and_it_can_be_overridden() -> None:
+    assert POLICY.window_s == 900 and POLICY.revision == "r2"
+    assert load_health_policy(env={"CTXPLANE_HEALTH_WINDOW_S": "60"}).window_s == 60
+    with pytest.raises(ConfigError, match="CTXPLANE_HEALTH_WINDOW_S"):
+        load_health_policy(env={"CTXPLANE_HEALTH_WINDOW_S": "soon"})
+    with pytest.raises(ConfigError, match="window_s"):
+        load_health_policy(env={"CTXPLANE_HEALTH_WINDOW_S": "0"})
+
+
+def test_counted_since_is_the_window_start_or_a_later_acknowledgement() -> None:
+    assert counted_since(1000.0, 900.0, None) == 100.0
+    assert counted_since(1000.0, 900.0, 50.0) == 100.0  # an old ack: the window decides
+    assert counted_since(1000.0, 900.0, 400.0) == 400.0
+
+
+def test_a_counter_window_counts_what_happened_after_an_instant() -> None:
+    w = CounterWindow()
+    w.record(0.0, {"restarts": 0}, keep_s=100)
+    w.record(10.0, {"restarts": 3}, keep_s=100)
+    w.record(20.0, {"restarts": 5}, keep_s=100)
+    assert w.count_since(-1.0) == {"restarts": 5}
+    assert w.count_since(10.0) == {"restarts": 2}  # the 3 at t=10 are at or before the instant
+    assert w.count_since(15.0) == {"restarts": 2}
+    assert w.count_since(20.0) == {"restarts": 0}
+    # Time passes with no change: one sample is kept, and the window slides past the burst.
+    w.record(500.0, {"restarts": 5}, keep_s=100)
+    assert w.count_since(400.0) == {"restarts": 0}
+
+
+def test_a_counter_window_carries_a_counter_reset_and_stays_bounded() -> None:
+    w = CounterWindow()
+    w.record(0.0, {"restarts": 4}, keep_s=10)
+    w.record(1.0, {"restarts": 0}, keep_s=10)  # the counter started again from zero
+    w.record(2.0, {"restarts": 2}, keep_s=10)
+    assert w.count_since(0.5) == {"restarts": 2}
+    assert w.count_since(-1.0) == {"restarts": 6}
+    for t in range(3, 1000):
+        w.record(float(t), {"restarts": t}, keep_s=10)
+    assert len(w._samples) <= 12
+    assert w.count_since(989.0) == {"restarts": 10}
+
+
+def test_ack_requests_name_who_and_why() -> None:
+    assert parse_ack_request({"by": " alice ", "reason": "drill"}) == ("alice", "drill")
+    assert "by" in parse_ack_request({"reason": "drill"})  # type: ignore[operator]
+    assert "reason" in parse_ack_request({"by": "alice", "reason": ""})  # type: ignore[operator]
+    assert "at most" in parse_ack_request({"by": "alice", "reason": "x" * 501})  # type: ignore[operator]

@@ -55,6 +55,17 @@ def test_accepts_and_normalises() -> None:
     assert isinstance(JOIN.classify(SRC, orjson.dumps(GOOD)), Accepted)
 
 
+def test_a_record_cut_by_the_bus_is_rejected_for_its_full_size() -> None:
+    """A bus adapter hands out only the first bytes of an oversized record, with its full size."""
+    from ctxplane.contracts.intake import MAX_RECORD_BYTES
+
+    prefix = _line(GOOD)  # even a prefix that parses is not the record
+    verdict = JOIN.classify(SRC, prefix, full_size=400 * 1024 * 1024)
+    assert isinstance(verdict, Rejected) and verdict.reason is Reason.ENVELOPE_MISSING
+    assert verdict.details == {"error": f"record of {400 * 1024 * 1024} bytes exceeds {MAX_RECORD_BYTES}"}
+    assert isinstance(JOIN.classify(SRC, prefix, full_size=len(prefix)), Accepted)
+
+
 @pytest.mark.parametrize(("raw", "reason"), [
     (b"", Reason.ENVELOPE_MISSING),
     (b"not json", Reason.ENVELOPE_MISSING),

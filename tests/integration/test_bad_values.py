@@ -123,3 +123,22 @@ def _dsn(config: Path) -> str:
     from ctxplane.config.settings import load_settings
 
     return load_settings(config).store.dsn
+
+
+def test_a_payload_nested_beyond_canonical_json_is_ledgered_not_a_crash_loop(backend: str, tmp_path: Path) -> None:
+    """~254 levels decode as JSON but exceed what canonical JSON (orjson) encodes: once a TypeError
+    from the payload hash restarted the partition actor on that record forever."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    dsn = anyio.run(fresh_dsn, backend, tmp_path)
+    eb = tmp_path / "eb"
+    ok = envelope(ARRIVAL[1], {"merchant_id": "m-ok", "arrival_seq": 1})
+    bad = envelope(ARRIVAL[1], {"merchant_id": "m-deep", "arrival_seq": 2, "extra": deep})
+    _write(eb, ARRIVAL[0], [bad, ok])
+    config = write_config(tmp_path, dsn, join_plane={"topics": [ARRIVAL[0]]}, features={"enabled": False})
+    result = ctxplane("run", "--config", str(config), "--once", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = query_rows(dsn, "SELECT reason_code FROM apply_failures")
+    assert [r[0] for r in rows] == ["PAYLOAD_INVALID"]
+    assert dict(query_rows(dsn, "SELECT topic, next_offset FROM checkpoints")) == {ARRIVAL[0]: "2"}

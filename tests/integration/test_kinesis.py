@@ -158,3 +158,38 @@ def test_leases_on_sqlite_are_refused_with_exit_2(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "ctxplane: leases.enabled: partition leases need a PostgreSQL store (SQLite deployments are single-process)"
     )
+
+
+async def test_millis_behind_latest_is_exported_per_shard_and_reported_in_health(
+    tmp_path: Path, workload: dict[str, list[dict[str, Any]]]
+) -> None:
+    import re
+    import socket
+    import urllib.request
+
+    from ctxplane.runtime.client import AsyncClient
+
+    endpoint = kinesis_endpoint()
+    streams = stream_names(list(workload))
+    await publish_kinesis(endpoint, streams, workload, shards=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = kinesis_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", endpoint, streams,
+                            metrics={"listen": f"127.0.0.1:{port}"})
+    gauge = re.compile(r'^ctxplane_kinesis_millis_behind_latest\{partition="(\d)",plane="(\w+)",topic="([^"]+)"\} (\S+)$', re.M)
+    expected = {(topic, str(p)) for topic in workload for p in (0, 1)}
+    with CtxplaneProcess(config, env=AWS_ENV) as process:
+        async with AsyncClient(f"unix:{tmp_path / 'q.sock'}") as client:
+            deadline = time.monotonic() + 60
+            while True:  # every shard read to its tip: behind 0 for each, and health says so too
+                text = await anyio.to_thread.run_sync(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+                seen = {(topic, p): float(v) for p, _plane, topic, v in gauge.findall(text)}
+                health = (await client.request({"op": "health"}))["health"]
+                behind = {(p["topic"], str(p["partition"])): p["behind_ms"] for p in health["partitions"]}
+                if set(seen) == expected and set(seen.values()) == {0.0} and set(behind.values()) == {0}:
+                    break
+                assert time.monotonic() < deadline, (seen, behind, "\n".join(process.lines[-10:]))
+                await anyio.sleep(0.1)  # sync-ok: polling a condition with a deadline
+    assert set(behind) == expected

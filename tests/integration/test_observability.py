@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def _scrape(port: int) -> dict[str, float]:
 def _sum(samples: dict[str, float], pattern: str) -> float:
     rx = re.compile(pattern)
     return sum(v for k, v in samples.items() if rx.fullmatch(k))
+
+
+def _series(name: str, **labels: str) -> str:
+    """A sample's name as the exposition writes it (labels sorted)."""
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
 def _workload(eb: Path) -> None:
@@ -131,3 +137,102 @@ def test_dsn_password_appears_nowhere(tmp_path: Path) -> None:
     result = ctxplane("migrate", "--config", str(bad))
     assert result.returncode == 1 and secret not in result.stderr + result.stdout
     assert "127.0.0.1" in result.stderr
+
+
+def test_known_counter_label_sets_are_exported_at_zero_from_start_up(tmp_path: Path) -> None:
+    # Prometheus' increase() needs a sample before the first burst: a counter series that first
+    # appears at 482 never fires CtxplaneHardApplyFailures (ops/prometheus/alerts_test.yml).
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"})
+    publish(tmp_path / "eb", context_events(1), partitions=2)
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        assert client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-1", "wait_ms": 5000})["status"] == "READY"
+        samples = _scrape(port)
+        anchors = "fp.bus.context.flow_anchor.fraud.v1"
+        assert samples[_series("ctxplane_apply_failures_total", plane="join", topic=anchors,
+                               reason="FLOW_BINDING_CONFLICT", kind="hard")] == 0
+        for partition in ("0", "1"):
+            for outcome in ("duplicate", "rejected", "ignored"):
+                name = _series("ctxplane_events_total", plane="join", topic=anchors, partition=partition, outcome=outcome)
+                assert samples[name] == 0, name
+        assert samples[_series("ctxplane_apply_failures_total", plane="join", topic=anchors,
+                               reason="LATE_CONTEXT_EVENT", kind="annotation")] == 0
+        # No label set that cannot happen: no feature-plane reason on a context topic.
+        assert not any('reason="LATE_TRAFFIC_EVENT"' in k and anchors in k for k in samples)
+        # The first conflict is an increase from the zero the series already had.
+        dup = envelope(ANCHOR_BASELINE[1], {"merchant_id": "m-2", "arrival_seq": 1, "flow_id": "flow-1-dup"}, eid="d" * 64)
+        publish(tmp_path / "eb", [(ANCHOR_BASELINE[0], dup)], partitions=2)
+        deadline = time.monotonic() + 30
+        while _sum(_scrape(port), r'ctxplane_apply_failures_total\{.*reason="FLOW_BINDING_CONFLICT".*\}') < 1:
+            assert time.monotonic() < deadline, "the conflict was not counted"
+            time.sleep(0.05)  # sync-ok: polling a condition with a deadline
+
+
+def test_standard_collectors_build_info_restart_series_and_no_created_series(tmp_path: Path) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"},
+                          query={"workers": 2})
+    publish(tmp_path / "eb", context_events(1), partitions=1)
+    with CtxplaneProcess(config):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["process_resident_memory_bytes"] > 0 and samples["process_open_fds"] > 0
+    assert any(k.startswith("python_info{") for k in samples) and any(k.startswith("python_gc_") for k in samples)
+    from importlib.metadata import version
+
+    build = [k for k in samples if k.startswith("ctxplane_build_info{")]
+    assert build == [_series("ctxplane_build_info", version=version("ctxplane"), backend="sqlite", bus="file",
+                             health_policy="ctxplane.observability.v0@r2", features_policy="ofp.features.v0@r1")]
+    assert samples[build[0]] == 1
+    assert not [k for k in samples if "_created" in k]
+    # Every restart and escalation series the alerts use exists at zero from start-up.
+    for supervisor, child in [("root", "store-writer"), ("root", "query"), ("root", "partitions"), ("root", "health"),
+                              ("partitions", "discovery"), ("partitions", "partition:fp.bus.context.arrival_events.v1:0"),
+                              ("query", "query-worker-0"), ("query", "query-worker-1")]:
+        assert samples[_series("ctxplane_actor_restarts_total", supervisor=supervisor, child=child)] == 0, child
+    assert samples[_series("ctxplane_supervisor_escalations_total", supervisor="root")] == 0
+    assert samples[_series("ctxplane_supervisor_escalations_total", supervisor="partitions")] == 0
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_metrics_port_serves_metrics_liveness_and_readiness_and_nothing_else(tmp_path: Path) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"})
+    publish(tmp_path / "eb", context_events(1), partitions=2)
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        client.request({"op": "health"})  # the health actor has refreshed at least once
+        status, body = _get(port, "/metrics")
+        assert status == 200 and "ctxplane_health_state" in body
+        assert _get(port, "/healthz") == (200, "ok\n")
+        deadline = time.monotonic() + 30
+        while (ready := _get(port, "/readyz"))[0] != 200:  # the partition actors start after the query actor
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.05)  # sync-ok: polling a condition with a deadline
+        detail = json.loads(ready[1])
+        assert detail["ready"] is True and detail["store_available"] is True and detail["reasons"] == []
+        assert detail["partitions_assigned"] == 6  # three context topics with two partitions each
+        for path in ("/", "/metricsx", "/ready", "/healthz/x"):
+            assert _get(port, path)[0] == 404, path
+
+
+def test_readyz_is_503_with_the_reason_while_no_partition_is_assigned(tmp_path: Path) -> None:
+    port = _free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", metrics={"listen": f"127.0.0.1:{port}"})
+    (tmp_path / "eb").mkdir()  # no topic exists on the bus: nothing to read
+    with CtxplaneProcess(config), Client(f"unix:{tmp_path / 'q.sock'}") as client:
+        client.request({"op": "health"})
+        status, body = _get(port, "/readyz")
+        assert status == 503
+        detail = json.loads(body)
+        assert detail["ready"] is False and detail["reasons"] == ["NO_PARTITIONS_ASSIGNED"]
+        assert _get(port, "/healthz")[0] == 200  # alive all the same: not a reason to restart it

@@ -42,15 +42,25 @@ def ctxplane(*args: str, env: dict[str, str] | None = None, timeout: float = 60.
 
 
 class CtxplaneProcess:
-    """``ctxplane run`` in a child process; ``start()`` returns once it logged that it is running."""
+    """``ctxplane run`` in a child process; ``start()`` returns once it logged that it is running.
 
-    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    ``command`` runs another sub-command instead (e.g. ``("replay", "--config", ...)``) with
+    ``ready_event`` the log event ``start()`` waits for; :meth:`wait_for_event` waits for any
+    other one (JSON logs: ``logging.format: json``).
+    """
+
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
+                 command: tuple[str, ...] | None = None, ready_event: str = "running") -> None:
         self.config = config
-        self.args = [sys.executable, "-m", "ctxplane.actors.app.cli", "run", "--config", str(config), *extra]
+        argv = command if command is not None else ("run", "--config", str(config), *extra)
+        self.args = [sys.executable, "-m", "ctxplane.actors.app.cli", *argv]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
+        self._ready_event = ready_event
         self._running = threading.Event()
+        self._changed = threading.Condition()
+        self._ended = False
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> CtxplaneProcess:
@@ -59,16 +69,43 @@ class CtxplaneProcess:
         self._reader.start()
         if not self._running.wait(timeout):
             self.kill()
-            raise AssertionError("ctxplane run did not start:\n" + "\n".join(self.lines[-30:]))
+            raise AssertionError(f"ctxplane did not log {self._ready_event!r}:\n" + "\n".join(self.lines[-30:]))
         return self
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
+        ready = (f'"event": "{self._ready_event}"', f'"event":"{self._ready_event}"')
         for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if '"event": "running"' in line or '"event":"running"' in line:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+            if any(marker in line for marker in ready):
                 self._running.set()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
         self._running.set()  # the process ended: stop waiting either way
+
+    def wait_for_event(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Block until the process logs ``event`` (a JSON log line); returns that line.
+
+        Raises:
+            AssertionError: the process ended, or ``timeout`` passed (a hang guard), first.
+        """
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.events() if e.get("event") == event), None)
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: found() is not None or self._ended, timeout):
+                raise AssertionError(f"no {event!r} log line within {timeout} s:\n" + "\n".join(self.lines[-30:]))
+            line = found()
+        if line is None:
+            raise AssertionError(f"ctxplane ended without logging {event!r}:\n" + "\n".join(self.lines[-30:]))
+        return line
+
+    def send_signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
 
     def events(self) -> list[dict[str, Any]]:
         out = []

@@ -28,6 +28,7 @@ from ctxplane.runtime.bus import (
     ReadResult,
     partition_for,
 )
+from ctxplane.runtime.bus.file import DEFAULT_MAX_RECORD_BYTES
 from ctxplane.runtime.exceptions import (
     BusClosed,
     BusError,
@@ -179,11 +180,88 @@ async def test_junk_lines_are_yielded_as_raw_records(bus: FileBus, tmp_path: Pat
             break
         batches.append(result.records)
         position = result.next_position
-    assert [r.raw for batch in batches for r in batch] == lines
+    # The 10 MB line is past the record limit (1 MiB): it is handed out cut to the limit, with its
+    # full size, so that intake ledgers it without the bus ever holding it whole.
+    cut = [line if len(line) <= DEFAULT_MAX_RECORD_BYTES else line[:DEFAULT_MAX_RECORD_BYTES] for line in lines]
+    assert [r.raw for batch in batches for r in batch] == cut
+    assert [r.full_size for batch in batches for r in batch] == [None] * 4 + [len(huge)] + [None] * 2
     assert [r.offset for batch in batches for r in batch] == [str(i) for i in range(len(lines))]
     # The 10 MB line exceeds max_bytes: it goes out alone, it is never skipped or an error.
     assert [len(batch) for batch in batches] == [4, 1, 2]
     assert position == str(len(lines))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    limit=st.integers(1, 40),
+    lines=st.lists(st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"x")), max_size=40),
+    reads=st.lists(st.tuples(st.integers(1, 7), st.integers(1, 300)), min_size=1, max_size=40),
+)
+def test_lines_past_the_record_limit_are_cut_and_skipped_whole(
+    limit: int, lines: list[bytes], reads: list[tuple[int, int]]
+) -> None:
+    """Every line is one record, in order, whatever the read bounds: a line within the limit as
+    it is (blank ones none), a longer one cut to the limit with its full size (even a blank one)."""
+    expected = [
+        (str(i), line[:limit], len(line) if len(line) > limit else None)
+        for i, line in enumerate(lines) if len(line) > limit or line.strip()
+    ]
+
+    async def run(root: Path) -> None:
+        write_raw(root, b"".join(line + b"\n" for line in lines))
+        async with FileBus(root, max_record_bytes=limit) as bus:
+            got: list[tuple[str, bytes, int | None]] = []
+            position = "0"
+            for max_records, max_bytes in [*reads, (1000, BIG)]:
+                result = await bus.read(TOPIC, 0, position, max_records, max_bytes)
+                assert all(len(r.raw) <= limit for r in result.records)
+                got.extend((r.offset, r.raw, r.full_size) for r in result.records)
+                position = result.next_position
+            assert got == expected
+            assert position == str(len(lines))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        anyio.run(run, Path(tmp))
+
+
+async def test_a_huge_line_is_never_read_into_memory(tmp_path: Path) -> None:
+    """One 64 MiB line between two records: the read allocates O(record limit), not O(line)."""
+    import tracemalloc
+
+    write_raw(tmp_path, b"before\n")
+    path = partition_file(tmp_path)
+    with path.open("ab") as f:
+        for _ in range(64):
+            f.write(b"x" * (1024 * 1024))
+        f.write(b"\nafter\n")
+    async with FileBus(tmp_path) as bus:
+        tracemalloc.start()
+        try:
+            result = await bus.read(TOPIC, 0, "0", 100, BIG)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert [(r.offset, len(r.raw), r.full_size) for r in result.records] == [
+        ("0", 6, None), ("1", DEFAULT_MAX_RECORD_BYTES, 64 * 1024 * 1024), ("2", 5, None)]
+    assert result.next_position == "3"
+    assert peak < 8 * 1024 * 1024, peak  # the old reader held the whole line, and copies of it
+
+
+async def test_a_half_written_huge_line_waits_for_its_newline(tmp_path: Path) -> None:
+    write_raw(tmp_path, b"a\n" + b"x" * 3000)
+    async with FileBus(tmp_path, max_record_bytes=1000) as bus:
+        first = await bus.read(TOPIC, 0, "0", 100, BIG)
+        assert [r.raw for r in first.records] == [b"a"] and first.next_position == "1"
+        assert (await bus.read(TOPIC, 0, "1", 100, BIG)) == ReadResult([], "1")
+        write_raw(tmp_path, b"x" * 3000 + b"\nb\n")
+        rest = await bus.read(TOPIC, 0, "1", 100, BIG)
+    assert [(r.raw, r.full_size) for r in rest.records] == [(b"x" * 1000, 6000), (b"b", None)]
+    assert rest.next_position == "3"
+
+
+def test_a_non_positive_record_limit_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_record_bytes"):
+        FileBus(tmp_path, max_record_bytes=0)
 
 
 async def test_origin_wrapper_formats_come_through_untouched(bus: FileBus, tmp_path: Path) -> None:

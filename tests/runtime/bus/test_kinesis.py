@@ -308,3 +308,39 @@ def test_the_kinesis_profile_loads() -> None:
     settings = load_settings(Path(__file__).parents[3] / "config" / "profiles" / "kinesis.yaml")
     assert settings.bus.kind == "kinesis" and settings.store.backend == "postgresql"
     assert settings.leases.enabled and settings.leases.renew_every_s < settings.leases.duration_s
+
+
+async def test_millis_behind_latest_is_kept_per_shard_and_forgotten_when_not_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctxplane.runtime.bus.kinesis as kinesis_module
+
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(kinesis_module, "time", clock)
+    fake = FakeKinesis()
+    async with _fake_bus(fake, reads_per_second=1000) as bus:
+        await bus.create_topic(TOPIC, 2)
+        await bus.publish_many(TOPIC, [("k", _env(i)) for i in range(5)])
+        partition = next(p for p in (0, 1) if fake.streams["s"][f"shardId-{p:012d}"].records)
+        assert bus.behind_latest_ms(TOPIC, partition) is None  # nothing read yet
+        first = await bus.read(TOPIC, partition, None, 2, 1 << 20)  # records remain after this page
+        assert bus.behind_latest_ms(TOPIC, partition) == 1000
+        await _drain(bus, partition, first.next_position)
+        assert bus.behind_latest_ms(TOPIC, partition) == 0  # at the tip
+        assert bus.behind_latest_ms(TOPIC, 1 - partition) is None
+        assert bus.behind_latest_ms("no-such-topic", 0) is None
+        # No GetRecords for longer than the TTL (its reader stopped, e.g. a lease moved): unknown.
+        clock.now += kinesis_module._BEHIND_TTL_S + 1
+        assert bus.behind_latest_ms(TOPIC, partition) is None
+
+
+async def test_the_file_bus_reports_no_millis_behind(tmp_path: Path) -> None:
+    from ctxplane.runtime.bus import FileBus
+
+    async with FileBus(tmp_path) as bus:
+        await bus.publish(TOPIC, "k", _env(1), partitions=1)
+        assert bus.behind_latest_ms(TOPIC, 0) is None

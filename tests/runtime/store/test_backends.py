@@ -322,3 +322,21 @@ def _insert_checkpoints(rows: list[tuple[Any, ...]]) -> Program[None]:
         " updated_at_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+
+
+async def test_a_query_loop_store_reads_what_was_committed_and_refuses_every_write(tmp_path: Path) -> None:
+    settings = StoreSettings(dsn=f"sqlite:///{tmp_path / 'q.sqlite'}")
+    writer = await open_store(settings)
+    reader = await open_store(settings, inline_reads=True)
+    try:
+        await writer.migrate()
+        await writer.write(put(("k", "v")))
+        assert await reader.read(meta()) == [("k", "v")]
+        with pytest.raises(StoreError, match="read-only"):
+            await reader.write(put(("k2", "v2")))
+        with pytest.raises(StoreError):  # a program that writes inside a read is refused by the connection
+            await reader.read(put(("k3", "v3")))
+        assert await writer.read(meta()) == [("k", "v")]
+    finally:
+        await reader.aclose()
+        await writer.aclose()

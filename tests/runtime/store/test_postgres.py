@@ -219,7 +219,7 @@ def test_the_postgres_profile_is_a_non_local_profile() -> None:
     assert settings.store.backend == "postgresql"
     assert settings.store.auto_migrate is False
     assert settings.logging.format == "json"
-    assert settings.metrics.listen is None
+    assert settings.metrics.listen == "127.0.0.1:9465"  # on, beside the local profile's 9464
     assert settings.bus.root == PROFILE.parents[2] / "runs" / "postgres" / "eb"
     assert settings.query.listen == f"unix:{PROFILE.parents[2] / 'runs' / 'postgres' / 'ctxplane.sock'}"
 
