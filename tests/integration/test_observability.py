@@ -65,6 +65,9 @@ def test_metrics_health_status_and_artifact_after_a_known_workload(tmp_path: Pat
         ready = client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "flow-10", "wait_ms": 5000})
         assert ready["status"] == "READY"
         client.request({"op": "resolve_flow_binding", "pins": PINS, "flow_id": "no-such-flow"})
+        # A forwarded op goes after the worker shipped the latencies of every earlier answer, so
+        # once it is answered both resolves are counted on /metrics.
+        client.request({"op": "health"})
         samples = _scrape(port)
         # 30 context events + 1 conflicting anchor applied; the junk line rejected.
         assert _sum(samples, r'ctxplane_events_total\{.*outcome="applied".*\}') == 31
