@@ -69,6 +69,7 @@ from ctxplane.config.settings import Settings
 from ctxplane.contracts.canonical import canonical_json, digest
 from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef, Verdict
+from ctxplane.contracts.intake_fast import FastIntake
 from ctxplane.contracts.join import CheckpointRow
 from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
@@ -394,12 +395,14 @@ async def _produce(
     Mirrors the partition actor's batch assembly (same classification, same lateness rule), so a
     replay of a whole partition produces the verdicts a live pass would.
     """
+    # The partition actor's classifier: the reference verdicts, a valid event in a fraction of the time.
+    classifiers = {plane: FastIntake(plane_rules).classify for plane, plane_rules in rules.items()}
     async with send:
         group: list[ApplyBatch] = []
         size = 0
         seq = 0
         for window in windows:
-            classify = rules[window.plane].classify
+            classify = classifiers[window.plane]
             position = window.start
             watermark = window.watermark_us
             allowed = window.allowed_lateness_us

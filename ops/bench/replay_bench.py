@@ -50,6 +50,7 @@ from ctxplane.actors.operate.replay import ReplayManifest, _rules, replay  # noq
 from ctxplane.config.settings import LoggingSettings, Settings, load_settings  # noqa: E402
 from ctxplane.contracts.classes import Plane  # noqa: E402
 from ctxplane.contracts.intake import SourceRef  # noqa: E402
+from ctxplane.contracts.intake_fast import FastIntake  # noqa: E402
 from ctxplane.runtime.bus import FileBus  # noqa: E402
 from ctxplane.runtime.client import Client, QueryEndpointUnavailable  # noqa: E402
 from ctxplane.runtime.logs import configure_logging  # noqa: E402
@@ -113,10 +114,11 @@ def floor_classify(bus_root: Path, settings: Settings) -> tuple[int, float]:
 
     features = build_feature_plane(settings)
     planes = settings.topics()
-    rules = {plane: _rules(settings, plane, features, None) for plane in Plane}
+    # The classifier the replay runs (the fast intake path, the reference verdicts).
+    rules = {plane: FastIntake(_rules(settings, plane, features, None)).classify for plane in Plane}
 
     def classify(topic: str, partition: int, offset: str, raw: bytes) -> object:
-        return rules[Plane(planes[topic])].classify(SourceRef(topic, partition, offset, "file_line"), raw)
+        return rules[Plane(planes[topic])](SourceRef(topic, partition, offset, "file_line"), raw)
 
     began = time.perf_counter()
     n = anyio.run(_read_all, bus_root, classify)
