@@ -20,9 +20,7 @@ test: $(STAMP)
 	bash ops/run_tests.sh
 
 bench: $(STAMP)
-	$(PY) ops/bench/ingest_bench.py
-	$(PY) ops/bench/kernel_bench.py
-	$(PY) ops/bench/query_bench.py
+	bash ops/bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

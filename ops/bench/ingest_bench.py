@@ -47,14 +47,12 @@ from common import (
 )
 
 
-def _bus_lines(eb: Path) -> list[bytes]:
-    lines = []
-    for path in sorted(eb.rglob("partition=*.jsonl")):
-        lines.extend(line for line in path.read_bytes().split(b"\n") if line)
-    return lines
+def _partition_files(eb: Path, topics: tuple[str, ...] | None) -> list[Path]:
+    """The bus's partition files, only those of ``topics`` when given (the topics the run consumes)."""
+    return [path for path in sorted(eb.rglob("partition=*.jsonl")) if topics is None or path.parent.name in topics]
 
 
-def floor_events_per_s(eb: Path, directory: Path) -> float:
+def floor_events_per_s(eb: Path, directory: Path, topics: tuple[str, ...] | None = None) -> float:
     """Read + parse + batched durable insert of the same lines, no logic."""
     db = directory / "floor.sqlite"
     conn = sqlite3.connect(db, isolation_level=None)
@@ -64,7 +62,7 @@ def floor_events_per_s(eb: Path, directory: Path) -> float:
     started = time.perf_counter()
     rows = []
     count = 0
-    for path in sorted(eb.rglob("partition=*.jsonl")):
+    for path in _partition_files(eb, topics):
         for line in path.read_bytes().split(b"\n"):
             if not line:
                 continue
@@ -157,36 +155,45 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--hot-events", type=int, default=100_000)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--planes", choices=("both", "join"), default="both",
+                        help="join: the join plane only (features.enabled: false), context events only")
     args = parser.parse_args()
     from ctxplane.actors.operate.demo_workload import write_demo_bus
+    from ctxplane.config.settings import JoinPlaneSettings
+
+    # Join plane only: the run consumes the context topics; the floor reads the same lines.
+    topics = tuple(JoinPlaneSettings().topics) if args.planes == "join" else None
+    extra: dict[str, dict[str, Any]] = {"features": {"enabled": False}} if args.planes == "join" else {}
 
     directory = Path(tempfile.mkdtemp(prefix="ctxplane-bench-"))
     try:
         eb = directory / "eb"
         counts = write_demo_bus(eb, args.flows, partitions=4)
-        events = sum(counts.values())
+        events = sum(n for topic, n in counts.items() if topics is None or topic in topics)
         floors, runs = [], []
         for i in range(args.runs):
             run_dir = directory / f"run{i}"
             run_dir.mkdir()
             shutil.copytree(eb, run_dir / "eb")
-            floors.append(floor_events_per_s(eb, run_dir))
-            runs.append(ingest_once(write_config(run_dir, fresh_dsn(args.backend, run_dir)), events))
+            floors.append(floor_events_per_s(eb, run_dir, topics))
+            runs.append(ingest_once(write_config(run_dir, fresh_dsn(args.backend, run_dir), **extra), events))
         e2e = statistics.median(r["events_per_s"] for r in runs)
         floor = statistics.median(floors)
         result: dict[str, Any] = {
-            "backend": args.backend, "events": events, "runs": args.runs, "cpu_count": os.cpu_count(),
+            "backend": args.backend, "planes": args.planes, "events": events, "runs": args.runs, "cpu_count": os.cpu_count(),
             "load_average_at_start": os.getloadavg(),
             "ingest_events_per_s_median": round(e2e), "ingest_runs": runs,
             "floor_events_per_s_median": round(floor), "floor_over_ingest_ratio": round(floor / e2e, 2),
         }
-        if not args.skip_latency:
+        if not args.skip_latency and args.planes == "both":
             result["latency"] = latency_under_ingest(directory, args.backend, args.rate, args.seconds, args.hot_events)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"ingest-{args.backend}.json").write_text(json.dumps(result, indent=2))
-    print(f"backend {args.backend}: {events} events (both planes), {args.runs} runs, load avg {result['load_average_at_start'][0]:.2f}")
+    suffix = "" if args.planes == "both" else "-join"
+    (RESULTS / f"ingest-{args.backend}{suffix}.json").write_text(json.dumps(result, indent=2))
+    shown = "both planes" if args.planes == "both" else "join plane only"
+    print(f"backend {args.backend}: {events} events ({shown}), {args.runs} runs, load avg {result['load_average_at_start'][0]:.2f}")
     print(f"  {'ingest (median)':<32}{result['ingest_events_per_s_median']:>12,} events/s")
     print(f"  {'floor: parse + durable insert':<32}{result['floor_events_per_s_median']:>12,} events/s")
     print(f"  {'floor / ingest':<32}{result['floor_over_ingest_ratio']:>12}")
