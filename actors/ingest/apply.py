@@ -3,9 +3,10 @@
 Steps (the store-writer runs this inside one write transaction; the numbers match the code):
   0. leased batches only: lock and check each lease epoch, else LeaseLost (actors/ingest/fencing.py);
   1. stage the first occurrence of every accepted event once (``stage_events``: COPY on PostgreSQL,
-     executemany into a TEMP table on SQLite) and register them in the dedupe registry with one
-     ``INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING``: what it returns is new; only when some
-     were registered before, one join reads the stored payload hash where it differs;
+     multi-row INSERTs into a TEMP table on SQLite), count how many the dedupe registry holds
+     already (one row), read which ones only when some but not all are held (all held: only those
+     whose stored hash differs), and register the rest with one ``INSERT … SELECT … ON CONFLICT DO
+     NOTHING``;
   2. classify each record in arrival order: new, duplicate, payload-hash mismatch, rejected, ignored;
   3. write the effects of new events with set-based statements from the staged rows (restaged with
      the new ones only, when some were not new): pins, join role rows and binding claims; feature
@@ -67,7 +68,23 @@ STAGE_EVENTS = StageTable("stage_events", (
     ("flow_id", "TEXT"), ("payload_json", "TEXT"),
 ))
 
-# Step 1: register the staged events; the registry answers with the ones it did not hold yet.
+# Step 1: how many of the staged events the dedupe registry holds already: one row, whatever the
+# group's size. (A statement that returns a row per event costs a GIL hand-off per row on SQLite,
+# where sqlite3 releases the GIL around every step: see runtime/store/sqlite.py.)
+_HELD_COUNT = (
+    "SELECT count(*) FROM stage_events AS s"
+    " JOIN intake_dedupe AS d ON d.platform_run_id = s.platform_run_id AND d.event_class = s.event_class"
+    " AND d.event_id = s.event_id"
+)
+# ... which ones, with the hash the registry holds (only when some, not all, are held) ...
+_HELD = (
+    "SELECT s.platform_run_id, s.event_class, s.event_id, d.payload_hash FROM stage_events AS s"
+    " JOIN intake_dedupe AS d ON d.platform_run_id = s.platform_run_id AND d.event_class = s.event_class"
+    " AND d.event_id = s.event_id"
+)
+# ... of the held ones, those whose stored hash differs (when all are held: usually none) ...
+_MISMATCHED = _HELD + " WHERE d.payload_hash <> s.payload_hash"
+# ... and register the others (the write lock is held: nothing registers an event in between).
 # ``WHERE true`` before ON CONFLICT: SQLite's parser needs it after INSERT ... SELECT ... FROM t.
 _REGISTER = (
     "INSERT INTO intake_dedupe (platform_run_id, event_class, event_id, payload_hash, scenario_run_id, plane,"
@@ -75,13 +92,6 @@ _REGISTER = (
     " SELECT platform_run_id, event_class, event_id, payload_hash, scenario_run_id, plane, topic, partition_id,"
     " source_offset, offset_kind, ts_utc FROM stage_events WHERE true"
     " ON CONFLICT (platform_run_id, event_class, event_id) DO NOTHING"
-    " RETURNING platform_run_id, event_class, event_id"
-)
-# ... and, only when some were registered before, the stored hash of those whose hash differs.
-_MISMATCHED = (
-    "SELECT s.platform_run_id, s.event_class, s.event_id, d.payload_hash FROM stage_events AS s"
-    " JOIN intake_dedupe AS d ON d.platform_run_id = s.platform_run_id AND d.event_class = s.event_class"
-    " AND d.event_id = s.event_id WHERE d.payload_hash <> s.payload_hash"
 )
 _ROLES_FROM_STAGE = (
     "INSERT INTO join_frame_roles (platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id,"
@@ -261,17 +271,20 @@ def apply_program(
         key = (v.platform_run_id, v.event_class, v.event_id)
         if key not in staged:
             staged[key] = _stage_row(v)
-    registry: dict[tuple[str, str, str], str] = {}
-    fresh: set[tuple[str, str, str]] = set()
+    registry: dict[tuple[str, str, str], str] = {}  # event key -> the payload hash the registry holds
+    held = 0
     if staged:
         yield CopyRows(STAGE_EVENTS, list(staged.values()))
-        fresh = {(run, event_class, event_id) for run, event_class, event_id in (yield Fetch(_REGISTER))}
-        if len(fresh) < len(staged):
-            for key, row in staged.items():
-                if key not in fresh:
-                    registry[key] = row[3]  # the staged payload hash, unless the stored one differs:
+        ((held,),) = yield Fetch(_HELD_COUNT)
+        if held == len(staged):  # all registered before (a redelivery): the staged hash, unless it differs
+            registry = {key: row[3] for key, row in staged.items()}
             for run, event_class, event_id, stored_hash in (yield Fetch(_MISMATCHED)):
                 registry[(run, event_class, event_id)] = stored_hash
+        else:
+            if held:
+                for run, event_class, event_id, stored_hash in (yield Fetch(_HELD)):
+                    registry[(run, event_class, event_id)] = stored_hash
+            yield Execute(_REGISTER)
 
     # Step 2: classify in arrival order.
     new: list[Accepted] = []
@@ -308,7 +321,7 @@ def apply_program(
 
     # Step 3: effects of new events, from the staged rows (restaged first if some were not new).
     if new:
-        if len(fresh) < len(staged):
+        if held:
             yield CopyRows(STAGE_EVENTS, [staged[(v.platform_run_id, v.event_class, v.event_id)] for v in new])
         pins = {v.pins_id: v for v in new}
         yield ExecMany(

