@@ -192,7 +192,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_offline(settings: Any, args: argparse.Namespace) -> int:
     """``status --offline``: checkpoints, bus positions, lag and the ledger, from the store and the bus."""
     from ctxplane.actors.operate.offline_status import offline_status
+    from ctxplane.runtime.logs import configure_logging
 
+    configure_logging(settings.logging)  # log lines (the bus adapter's) go to stderr, never into --json
     if args.check:
         raise UsageError("--check asks the running process for its health; --offline reads positions and the "
                          "ledger only (no health to check)")

@@ -272,3 +272,40 @@ def test_a_live_partition_lease_refuses_a_reset_and_an_expired_one_does_not(
     else:
         assert result.returncode == 0, result.stderr
         assert status["process"]["running"] is False
+
+
+@pytest.mark.kinesis
+async def test_offline_status_over_kinesis_says_what_the_shard_says_and_reset_refuses(tmp_path: Path) -> None:
+    from tests.support.kinesis import AWS_ENV, kinesis_config, kinesis_endpoint, publish_kinesis, stream_names
+
+    endpoint = kinesis_endpoint()
+    streams = stream_names([ARRIVAL[0]])
+    first = [env for seq in range(1, 6) for topic, env in context_events(seq) if topic == ARRIVAL[0]]
+    await publish_kinesis(endpoint, streams, {ARRIVAL[0]: first}, shards=1)
+    config = kinesis_config(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite'}", endpoint, streams,
+                            join_plane={"topics": [ARRIVAL[0]]}, features={"enabled": False})
+
+    def status() -> dict[str, Any]:
+        result = ctxplane("status", "--config", str(config), "--offline", "--json", env=AWS_ENV)
+        assert result.returncode == 0, result.stderr
+        (only,) = json.loads(result.stdout)["partitions"]
+        return only  # type: ignore[no-any-return]
+
+    run = await anyio.to_thread.run_sync(lambda: ctxplane("run", "--config", str(config), "--once", env=AWS_ENV))
+    assert run.returncode == 0, run.stderr[-2000:]
+    drained = await anyio.to_thread.run_sync(status)
+    # No record count and no newest sequence number on Kinesis: unknown, not 0.
+    assert (drained["offset_kind"], drained["end"], drained["lag"], drained["unread"]) == (
+        "kinesis_sequence", None, None, False)
+    assert drained["behind_ms"] == 0
+    more = [env for seq in range(6, 9) for topic, env in context_events(seq) if topic == ARRIVAL[0]]
+    await publish_kinesis(endpoint, streams, {ARRIVAL[0]: more}, shards=1)
+    waiting = await anyio.to_thread.run_sync(status)
+    assert (waiting["next_offset"], waiting["lag"], waiting["unread"]) == (drained["next_offset"], None, True)
+    assert isinstance(waiting["behind_ms"], int)
+    text = await anyio.to_thread.run_sync(lambda: ctxplane("status", "--config", str(config), "--offline", env=AWS_ENV))
+    assert "total lag: unknown (the bus does not count records); 1 of 1 partitions have unread records" in text.stdout
+
+    refused = ctxplane("checkpoint", "reset", "--config", str(config), "--all-partitions", "--to-earliest",
+                       "--reason", "x", env=AWS_ENV)
+    assert refused.returncode == 2 and "moves file-bus checkpoints only" in refused.stderr
