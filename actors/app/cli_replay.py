@@ -53,9 +53,9 @@ def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "rewind",
         help="move one partition's checkpoint backward (audited)",
         description=(
-            "Move the checkpoint of one partition backward: the only way a checkpoint moves back. "
+            "Move the checkpoint of one partition backward (audited; `checkpoint reset` moves several). "
             "The next `ctxplane run` re-delivers the records in between; they count as duplicates "
-            "and change no state. Refused while `ctxplane run` holds the SQLite lock."
+            "and change no state. Refused while a `ctxplane run` works on the store."
         ),
     )
     rewind.add_argument("--config", required=True, metavar="FILE", help="deployment profile (YAML)")

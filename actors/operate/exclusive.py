@@ -6,14 +6,16 @@ it would be overwritten by its next commit. Each command therefore refuses while
 the store, recognised by whichever sign the deployment gives:
 
 - SQLite: the lock file ``ctxplane run`` holds (``<db>.lock``). The command takes it itself for its
-  whole duration, so no process can start meanwhile.
+  whole duration, so no process can start meanwhile. This sign is exact: it is the store's own.
 - PostgreSQL with partition leases: a live lease (unexpired by the database clock) in the scope.
   :func:`live_leases_program` runs again inside the transaction that moves a checkpoint, so a
-  process that took a lease after the first check is still seen.
-- Any deployment: the query endpoint (``query.listen``) accepts connections.
-
-A PostgreSQL deployment without leases (file bus, static assignment) gives only the last sign: a
-process started after the check, during a long replay, is not seen. ``docs/operations.md`` says so.
+  process that took a lease after the first check is still seen. Exact too.
+- PostgreSQL, for the commands that move checkpoints of a store in use (rewind, reset): the query
+  endpoint (``query.listen``) accepts connections. A deployment without leases (file bus, static
+  assignment) gives no other sign. It names the deployment rather than the store, so a copy of a
+  live configuration pointed at another database is refused as well (give it another
+  ``query.listen``). A replay does not check it: its common use is a rebuild into a fresh store
+  beside the live process, which has the live ``query.listen`` in its copy of the configuration.
 """
 
 from __future__ import annotations
@@ -79,17 +81,16 @@ def running_process(settings: Settings) -> str | None:
     store)."""
     if settings.store.backend == "sqlite":
         lock = _sqlite_lock(settings)
-        if lock.held_elsewhere():
-            return f"a ctxplane process holds {lock.path}"
+        return f"a ctxplane process holds {lock.path}" if lock.held_elsewhere() else None
     if endpoint_alive(settings.query.listen):
         return f"a process answers on query.listen {settings.query.listen}"
     return None
 
 
 @contextmanager
-def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
-    """Hold the SQLite deployment lock for the duration (none on PostgreSQL), and refuse when the
-    query endpoint answers.
+def _exclusive(settings: Settings, doing: str, *, endpoint: bool) -> Iterator[None]:
+    """Hold the SQLite deployment lock for the duration; on PostgreSQL with ``endpoint``, refuse
+    when the query endpoint answers.
 
     Raises:
         StoreError: another process holds the lock or serves the endpoint (exit code 1).
@@ -103,7 +104,7 @@ def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
                 f"refusing to {doing}: a ctxplane process holds {lock.path} (is `ctxplane run` running?); {STOP_HINT}"
             ) from None
     try:
-        if endpoint_alive(settings.query.listen):
+        if lock is None and endpoint and endpoint_alive(settings.query.listen):
             raise StoreError(
                 f"refusing to {doing}: a process answers on query.listen {settings.query.listen} "
                 f"(is `ctxplane run` running?); {STOP_HINT}"
@@ -115,13 +116,14 @@ def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def exclusive_store(settings: Settings, doing: str) -> AsyncIterator[StoreBackend]:
+async def exclusive_store(settings: Settings, doing: str, *, endpoint: bool = True) -> AsyncIterator[StoreBackend]:
     """The store, opened (schema ready) while no process runs on it; see the module docstring.
+    ``endpoint=False`` (a replay): the query endpoint is not taken as a sign.
 
     Raises:
         StoreError: a process runs (the lock, the endpoint or a live lease shows it), or the store fails.
     """
-    with _exclusive(settings, doing):
+    with _exclusive(settings, doing, endpoint=endpoint):
         store = await open_ready_store(settings)
         try:
             owners = await store.read(live_leases_program(scope_of(settings), store.dialect.name))

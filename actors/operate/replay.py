@@ -28,12 +28,13 @@ rebuilt store has the live store's state digest.
 
 Rewind
 ------
-:func:`rewind_checkpoint` is the only way a checkpoint moves backward: one transaction sets the new
-position and appends an audit row to ``checkpoint_rewinds``. The records between the two positions
+:func:`rewind_checkpoint` moves one checkpoint backward (``ctxplane.actors.operate.checkpoint_reset``
+moves many, either way): one transaction sets the new position and appends an audit row to
+``checkpoint_rewinds`` (``ctxplane.actors.operate.checkpoint_audit``). The records between the two positions
 are re-delivered to the next ``ctxplane run`` and count as duplicates: zero state change.
 
 Exclusion: replay and rewind refuse while a ``ctxplane run`` works on the store (its lock file on
-SQLite, its live partition leases on PostgreSQL, its query endpoint on either:
+SQLite, its live partition leases on PostgreSQL, and for a rewind its query endpoint:
 ``ctxplane.actors.operate.exclusive``), since two writers would interleave checkpoints.
 """
 
@@ -509,7 +510,7 @@ async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequ
     pins = manifest.pin_values()
     rules = {Plane(plane): _rules(settings, Plane(plane), feature_plane, pins) for plane in touched}
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(exclusive_store(settings, "replay"))
+        store = await stack.enter_async_context(exclusive_store(settings, "replay", endpoint=False))
         bus = open_bus(settings)
         stack.push_async_callback(bus.aclose)
         checkpoints = {(cp.topic, cp.partition): cp for cp in await store.read(checkpoints_program(scope))}
@@ -685,7 +686,7 @@ async def rewind_checkpoint(
     settings: Settings, topic: str, partition: int, *, to_offset: int | None = None, by: int | None = None,
     audit: AuditEntry = _REWIND,
 ) -> RewindReport:
-    """The explicit operator rewind (the only way a checkpoint moves backward).
+    """The explicit operator rewind of one partition (``checkpoint reset`` moves several at once).
 
     Raises:
         UsageError: the topic is not consumed by an enabled plane, or see :func:`rewind_program`.

@@ -224,6 +224,11 @@ def test_to_time_picks_the_first_record_published_at_or_after_it(tmp_path: Path,
     _ok("run", "--config", str(config), "--once")
     assert _digest(config) == digest
     assert _counters(sqlite_dsn) == {**counters, "duplicate": 4}  # lines 4..7: four records read again
+    # The one-partition rewind writes the same audit trail, with who and why when given.
+    _ok("checkpoint", "rewind", "--config", str(config), "--topic", ARRIVAL[0], "--partition", "0", "--by", "2",
+        "--reason", "again", "--operator", "carol")
+    assert _audit(sqlite_dsn) == [(ARRIVAL[0], 0, "8", "4", "reset", _audit(sqlite_dsn)[0][5], "re-read since 10:02", 0),
+                                  (ARRIVAL[0], 0, "8", "6", "rewind", "carol", "again", 0)]
 
 
 def test_reset_refuses_while_a_process_runs_and_a_dry_run_does_not(tmp_path: Path, store_dsn: str) -> None:
