@@ -18,10 +18,11 @@ from ctxplane.config.settings import Settings
 from ctxplane.contracts.health import HealthPolicy
 from ctxplane.contracts.intake import MAX_RECORD_BYTES
 from ctxplane.runtime.bus import EventBus, FileBus
+from ctxplane.runtime.exceptions import UsageError
 from ctxplane.runtime.kernel import Registry, Supervisor
 from ctxplane.runtime.store import StoreBackend, open_store
 
-__all__ = ("AppContext", "open_bus", "open_ready_store", "scope_of", "tune_gc_for_ingest")
+__all__ = ("AppContext", "open_bus", "open_current_store", "open_ready_store", "scope_of", "tune_gc_for_ingest")
 
 # gen-0 collects after this many net container allocations (CPython default 700), gen-1 after 50
 # gen-0 runs, gen-2 after 100 gen-1 runs (defaults 10, 10). See tune_gc_for_ingest.
@@ -69,6 +70,23 @@ async def open_ready_store(settings: Settings) -> StoreBackend:
     try:
         await store.ensure_schema(auto_migrate=settings.store.auto_migrate)
     except BaseException:  # refused or cancelled: close what we opened (even when cancelled), re-raise
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
+        raise
+    return store
+
+
+async def open_current_store(settings: Settings) -> StoreBackend:
+    """The store for a command that only reads (``status --offline``, a dry run): never migrated.
+
+    Raises:
+        UsageError: the store's schema is not current (nothing ran on it yet, or it needs ``migrate``).
+    """
+    store = await open_store(settings.store)
+    try:
+        if (await store.schema_status()).pending:
+            raise UsageError("the store has no current schema; run `ctxplane migrate` or `ctxplane run` first")
+    except BaseException:
         with anyio.CancelScope(shield=True):
             await store.aclose()
         raise

@@ -34,6 +34,7 @@ __all__ = (
     "Peer",
     "bind_listener",
     "current_peer",
+    "endpoint_alive",
     "error_response",
     "is_loopback",
     "parse_listen",
@@ -436,10 +437,24 @@ def bind_listener(listen: str, *, backlog: int = 1024) -> socket.socket:
     return sock
 
 
-def _unix_socket_alive(path: Path) -> bool:
+def endpoint_alive(listen: str, *, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts connections on ``listen`` (``query.listen``): the sign of a
+    running process that operator commands check before they write. Connects and closes, sends
+    nothing. A stale Unix socket file (its process was killed) refuses: not alive."""
+    kind, host, port = parse_listen(listen)
+    if kind == "unix":
+        return Path(host).exists() and _unix_socket_alive(Path(host), timeout_s)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _unix_socket_alive(path: Path, timeout_s: float = 0.5) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.settimeout(0.5)
+        probe.settimeout(timeout_s)
         probe.connect(str(path))
         return True
     except OSError:

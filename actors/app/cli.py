@@ -8,7 +8,6 @@ where). Every user mistake is one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,6 +170,8 @@ _RANK = {"GREEN": 0, "AMBER": 1, "RED": 2}
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.offline:
+        return _status_offline(settings, args)
     answer = _request_once(settings, {"op": "health", "deadline_ms": _operator_deadline_ms(settings)})
     health = answer.get("health", {})
     state = health.get("state", "RED")
@@ -188,6 +189,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_offline(settings: Any, args: argparse.Namespace) -> int:
+    """``status --offline``: checkpoints, bus positions, lag and the ledger, from the store and the bus."""
+    from ctxplane.actors.operate.offline_status import offline_status
+    from ctxplane.runtime.logs import configure_logging
+
+    configure_logging(settings.logging)  # log lines (the bus adapter's) go to stderr, never into --json
+    if args.check:
+        raise UsageError("--check asks the running process for its health; --offline reads positions and the "
+                         "ledger only (no health to check)")
+    report = anyio.run(offline_status, settings)
+    if args.json:
+        _print_json({**report, "unread_topics": _unread_topics(settings)})
+    else:
+        from ctxplane.actors.app.status_view import render_offline_status
+
+        print(render_offline_status(report, unread_topics=_unread_topics(settings)))
+    return 0
+
+
 def _unread_topics(settings: Any) -> list[dict[str, Any]]:
     """Topics on the (file) bus that no plane reads: records published there are never applied."""
     from ctxplane.actors.app.bus_topics import file_bus_topics, unread_topics
@@ -201,20 +221,11 @@ def _verdict(state: str, reasons: list[str]) -> str:
     return f"{state} ({', '.join(reasons)})" if reasons else state
 
 
-def _operator() -> str:
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no user name for this uid (a container)
-        user = f"uid-{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
-
-
 def cmd_ack(args: argparse.Namespace) -> int:
+    from ctxplane.actors.operate.checkpoint_audit import operator_identity
+
     settings = _settings(args)
-    by = args.by or _operator()
+    by = args.by or operator_identity()
     answer = _request_once(settings, {"op": "health_ack", "by": by, "reason": args.reason,
                                       "deadline_ms": _operator_deadline_ms(settings)})
     if answer.get("status") != "OK":
@@ -259,8 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request", metavar="REQUEST_JSON",
                    help="a JSON object, @FILE, or - for stdin; a file or stdin may hold NDJSON, one request a line")
     p.set_defaults(func=cmd_query)
-    p = with_config("status", "health, lag and basis per partition, from the running process")
+    p = with_config("status", "health, lag and basis per partition, from the running process"
+                              " (--offline: positions, lag and the ledger from the store and the bus alone)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--offline", action="store_true",
+                   help="ask no process: per partition the stored checkpoint, the bus's end and the lag, plus the"
+                        " ledger counts, from the store and the bus alone (no health: it lives in the process)")
     p.add_argument("--check", action="store_true",
                    help="for probes and scripts: print one line (GREEN, or STATE: REASONS) and exit by the state:"
                         " 0 below --fail-on, 3 AMBER, 4 RED; 1 when no process answered")

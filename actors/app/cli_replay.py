@@ -1,4 +1,4 @@
-"""``ctxplane replay`` and ``ctxplane checkpoint rewind|manifest``: argparse wiring plus handlers.
+"""``ctxplane replay`` and ``ctxplane checkpoint rewind|reset|manifest``: argparse wiring plus handlers.
 
 The main CLI (``actors/app/cli.py``) calls :func:`add_replay_parser` on its sub-parsers and later
 ``args.func(args)``. Handlers return an exit code; a user mistake raises
@@ -18,8 +18,9 @@ import anyio
 import orjson
 
 from ctxplane.actors.app.cli_bus import _non_negative_int
+from ctxplane.runtime.exceptions import UsageError
 
-__all__ = ("add_replay_parser", "cmd_checkpoint_manifest", "cmd_checkpoint_rewind", "cmd_replay")
+__all__ = ("add_replay_parser", "cmd_checkpoint_manifest", "cmd_checkpoint_reset", "cmd_checkpoint_rewind", "cmd_replay")
 
 
 def _positive_int(text: str) -> int:
@@ -46,15 +47,15 @@ def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     replay.add_argument("--manifest", required=True, metavar="FILE", help="replay manifest (YAML or JSON)")
     replay.set_defaults(func=cmd_replay)
 
-    checkpoint = subparsers.add_parser("checkpoint", help="rewind a checkpoint, or write a rebuild manifest")
+    checkpoint = subparsers.add_parser("checkpoint", help="rewind or reset checkpoints, or write a rebuild manifest")
     commands = checkpoint.add_subparsers(dest="checkpoint_command", metavar="COMMAND", required=True)
     rewind = commands.add_parser(
         "rewind",
         help="move one partition's checkpoint backward (audited)",
         description=(
-            "Move the checkpoint of one partition backward: the only way a checkpoint moves back. "
+            "Move the checkpoint of one partition backward (audited; `checkpoint reset` moves several). "
             "The next `ctxplane run` re-delivers the records in between; they count as duplicates "
-            "and change no state. Refused while `ctxplane run` holds the SQLite lock."
+            "and change no state. Refused while a `ctxplane run` works on the store."
         ),
     )
     rewind.add_argument("--config", required=True, metavar="FILE", help="deployment profile (YAML)")
@@ -63,7 +64,43 @@ def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     target = rewind.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-offset", type=_non_negative_int, metavar="O", help="new exclusive-next offset")
     target.add_argument("--by", type=_positive_int, metavar="N", help="move back by N offsets")
+    _audit_arguments(rewind, reason_required=False)
     rewind.set_defaults(func=cmd_checkpoint_rewind)
+
+    reset = commands.add_parser(
+        "reset",
+        help="move checkpoints to the earliest / latest / a time / an offset, per topic or all partitions "
+             "(audited; --dry-run shows the offsets)",
+        description=(
+            "Move the checkpoints of the selected partitions (file bus), as a Kafka consumer-group reset does. "
+            "Back: the next `ctxplane run` reads the records in between again; they count as duplicates and "
+            "change no state. Forward: the records in between are never applied; refused without --allow-skip. "
+            "All partitions move in one transaction, each with an audit row in checkpoint_rewinds. Refused "
+            "while a `ctxplane run` works on the store (a --dry-run is not)."
+        ),
+    )
+    reset.add_argument("--config", required=True, metavar="FILE", help="deployment profile (YAML)")
+    reset.add_argument("--topic", action="append", metavar="T",
+                       help="a consumed topic (repeatable); default: every topic the enabled planes consume")
+    which = reset.add_mutually_exclusive_group(required=True)
+    which.add_argument("--partition", action="append", type=_non_negative_int, metavar="P",
+                       help="a partition of the one --topic (repeatable)")
+    which.add_argument("--all-partitions", action="store_true",
+                       help="every partition of the selected topics (on the bus or with a checkpoint)")
+    to = reset.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true", help="offset 0: read everything again")
+    to.add_argument("--to-latest", action="store_true", help="the end of each partition now (skips what is unread)")
+    to.add_argument("--to-time", metavar="RFC3339",
+                    help="the first record published at or after this instant (its published_at_utc); the end if none")
+    to.add_argument("--to-offset", type=_non_negative_int, metavar="O",
+                    help="this offset (the end of a partition shorter than it)")
+    reset.add_argument("--dry-run", action="store_true",
+                       help="print the current and the would-be offset per partition; change nothing")
+    reset.add_argument("--allow-skip", action="store_true",
+                       help="allow moving forward past unread records (they are never applied; audited)")
+    _audit_arguments(reset, reason_required=True)
+    reset.add_argument("--json", action="store_true", help="machine-readable output")
+    reset.set_defaults(func=cmd_checkpoint_reset)
 
     manifest = commands.add_parser(
         "manifest",
@@ -75,6 +112,18 @@ def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     )
     manifest.add_argument("--config", required=True, metavar="FILE", help="deployment profile (YAML)")
     manifest.set_defaults(func=cmd_checkpoint_manifest)
+
+
+def _audit_arguments(parser: argparse.ArgumentParser, *, reason_required: bool) -> None:
+    required = " (required, except with --dry-run)" if reason_required else ""
+    parser.add_argument("--reason", metavar="TEXT", help=f"why: recorded in the audit row{required}")
+    parser.add_argument("--operator", metavar="NAME", help="who: recorded in the audit row (default USER@HOST)")
+
+
+def _audit(args: argparse.Namespace, command: Any) -> Any:
+    from ctxplane.actors.operate.checkpoint_audit import AuditEntry, operator_identity
+
+    return AuditEntry(command, args.operator or operator_identity(), args.reason)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -107,7 +156,8 @@ def cmd_checkpoint_rewind(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def run() -> Any:
-        return await rewind_checkpoint(settings, args.topic, args.partition, to_offset=args.to_offset, by=args.by)
+        return await rewind_checkpoint(settings, args.topic, args.partition, to_offset=args.to_offset, by=args.by,
+                                       audit=_audit(args, "rewind"))
 
     print(anyio.run(run).summary())
     return 0
@@ -120,4 +170,76 @@ def cmd_checkpoint_manifest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     manifest = anyio.run(manifest_for_checkpoints, settings)
     sys.stdout.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _reset_target(args: argparse.Namespace) -> Any:
+    from ctxplane.actors.operate.checkpoint_reset import ResetTarget
+    from ctxplane.contracts.timestamps import parse_instant_us
+
+    if args.to_time is not None:
+        try:
+            return ResetTarget("time", at_us=parse_instant_us(args.to_time))
+        except ValueError as exc:
+            raise UsageError(f"--to-time: {exc}") from None
+    if args.to_offset is not None:
+        return ResetTarget("offset", offset=args.to_offset)
+    return ResetTarget("earliest" if args.to_earliest else "latest")
+
+
+def _change(move: Any, *, allow_skip: bool) -> str:
+    if move.change == "back":
+        return f"back {move.redelivered} (read again as duplicates)"
+    if move.change == "forward":
+        skip = f"skip {move.skipped} (offsets {move.current}..{move.target - 1} never applied)"
+        return skip if allow_skip else skip + "; needs --allow-skip"
+    return "none"
+
+
+def render_reset(report: Any, *, allow_skip: bool) -> str:
+    """The plan (a dry run) or what moved, as a table and one closing line."""
+    from ctxplane.actors.app.status_view import table
+
+    rows = []
+    for m in report.moves:
+        current = str(m.current) if m.checkpoint is not None else f"{m.current} (no checkpoint)"
+        notes = [_change(m, allow_skip=allow_skip)]
+        notes += [f"{m.untimed} untimed lines before it"] if m.untimed else []
+        notes += ["the offset is past the end"] if m.clamped else []
+        rows.append([m.plane, m.topic, m.partition, current, m.target, m.end, "; ".join(notes)])
+    out = [f"checkpoint reset {report.target.describe()}" + (" (dry run: nothing changed)" if report.dry_run else ""),
+           *table(["plane", "topic", "partition", "current", "target", "end", "change"], rows)]
+    moving = report.moving
+    back = [m for m in moving if m.change == "back"]
+    forward = [m for m in moving if m.change == "forward"]
+    figures = (f"{len(back)} back ({sum(m.redelivered for m in back)} offsets read again), "
+               f"{len(forward)} forward ({sum(m.skipped for m in forward)} offsets skipped), "
+               f"{len(report.moves) - len(moving)} unchanged")
+    if report.dry_run:
+        out.append(f"would move {len(moving)} of {len(report.moves)} partitions: {figures}")
+    else:
+        who = f" by {report.audit.operator}" + (f" ({report.audit.reason})" if report.audit.reason else "")
+        out.append(f"moved {len(moving)} of {len(report.moves)} partitions at {report.at_utc}{who}: {figures}; "
+                   "audited in checkpoint_rewinds")
+    return "\n".join(out)
+
+
+def cmd_checkpoint_reset(args: argparse.Namespace) -> int:
+    """``checkpoint reset``: plan (and unless ``--dry-run`` apply) one audited transaction."""
+    from ctxplane.actors.operate.checkpoint_reset import reset_checkpoints
+
+    if args.partition is not None and len(args.topic or ()) != 1:
+        raise UsageError("--partition needs exactly one --topic (or use --all-partitions)")
+    if not args.dry_run and not (args.reason or "").strip():
+        raise UsageError("--reason is required: say why the checkpoints move (it is recorded in the audit row)")
+    target = _reset_target(args)
+    settings = _settings(args)
+    report = anyio.run(lambda: reset_checkpoints(
+        settings, topics=args.topic, partitions=args.partition, target=target, dry_run=args.dry_run,
+        allow_skip=args.allow_skip, audit=_audit(args, "reset"),
+    ))
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render_reset(report, allow_skip=args.allow_skip))
     return 0

@@ -46,6 +46,7 @@ import anyio
 import structlog
 
 from ctxplane.actors.ingest.store_writer import RunWrite, WriteResult
+from ctxplane.actors.operate.checkpoint_audit import AuditEntry
 from ctxplane.config.settings import QuerySettings
 from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.exceptions import (
@@ -316,7 +317,7 @@ class DrillController(Actor):
             try:
                 # Step 2: the audited rewind, serialised with the group commits.
                 result = await self._store_writer.ask(
-                    RunWrite(partial(self._rewind_program, rewind_program, topic, partition, command.by),
+                    RunWrite(partial(self._rewind_program, rewind_program, topic, partition, command.by, command.label),
                              label=f"{command.label}: rewind {name} by {command.by}"),
                     timeout=60.0,
                 )
@@ -336,8 +337,9 @@ class DrillController(Actor):
         log.warning("checkpoints rewound by a drill", rewound=rewound, errors=errors, label=command.label)
         return {"rewound": rewound, "errors": errors, "seconds": round(anyio.current_time() - started, 3)}
 
-    def _rewind_program(self, build: Any, topic: str, partition: int, by: int) -> Any:
-        return build(self._app.scope, topic, partition, to_offset=None, by=by, now=now_utc())
+    def _rewind_program(self, build: Any, topic: str, partition: int, by: int, label: str) -> Any:
+        return build(self._app.scope, topic, partition, to_offset=None, by=by, now=now_utc(),
+                     audit=AuditEntry("drill", reason=label))
 
     async def _restart(self, partitions: Supervisor, topic: str, partition: int, name: str, errors: list[str]) -> None:
         try:

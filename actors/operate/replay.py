@@ -28,21 +28,22 @@ rebuilt store has the live store's state digest.
 
 Rewind
 ------
-:func:`rewind_checkpoint` is the only way a checkpoint moves backward: one transaction sets the new
-position and appends an audit row to ``checkpoint_rewinds``. The records between the two positions
+:func:`rewind_checkpoint` moves one checkpoint backward (``ctxplane.actors.operate.checkpoint_reset``
+moves many, either way): one transaction sets the new position and appends an audit row to
+``checkpoint_rewinds`` (``ctxplane.actors.operate.checkpoint_audit``). The records between the two positions
 are re-delivered to the next ``ctxplane run`` and count as duplicates: zero state change.
 
-Exclusion: on SQLite, replay and rewind take the same advisory lock as ``ctxplane run`` and refuse
-while a supervisor holds it (two writers would interleave checkpoints). PostgreSQL deployments stop
-the supervisor first (docs/operations.md).
+Exclusion: replay and rewind refuse while a ``ctxplane run`` works on the store (its lock file on
+SQLite, its live partition leases on PostgreSQL, and for a rewind its query endpoint:
+``ctxplane.actors.operate.exclusive``), since two writers would interleave checkpoints.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -62,6 +63,8 @@ from pydantic import (
 
 from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
 from ctxplane.actors.ingest.isolate import write_isolating
+from ctxplane.actors.operate.checkpoint_audit import AuditEntry, audit_move
+from ctxplane.actors.operate.exclusive import exclusive_store
 from ctxplane.actors.resources import open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.actors.tables.reads import basis_program, checkpoints_program
@@ -74,9 +77,9 @@ from ctxplane.contracts.join import CheckpointRow
 from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
 from ctxplane.runtime.bus import FILE_LINE, EventBus
-from ctxplane.runtime.exceptions import Interrupted, StoreError, UsageError
+from ctxplane.runtime.exceptions import Interrupted, UsageError
 from ctxplane.runtime.signals import StopRequest
-from ctxplane.runtime.store import Execute, Fetch, Program, StoreBackend
+from ctxplane.runtime.store import Execute, Fetch, Program
 
 __all__ = (
     "REPLAY_TOPIC_NOT_ALLOWED",
@@ -227,46 +230,6 @@ def load_manifest(path: str | Path) -> ReplayManifest:
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
         raise UsageError(f"{file}: {key}: {message}") from None
-
-
-# -- exclusion -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def _exclusive(settings: Settings, doing: str) -> Iterator[None]:
-    """Hold the SQLite deployment lock for the duration, or refuse if ``ctxplane run`` holds it.
-
-    Raises:
-        StoreError: another process holds the lock (exit code 1: stop it first).
-    """
-    if settings.store.backend != "sqlite":
-        yield
-        return
-    from ctxplane.runtime.store.sqlite import SqliteLock
-
-    lock = SqliteLock(settings.store.sqlite_path)
-    try:
-        lock.acquire()
-    except StoreError:
-        raise StoreError(
-            f"refusing to {doing}: a ctxplane process holds {lock.path} (is `ctxplane run` running?); "
-            "stop it first"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@asynccontextmanager
-async def _opened(settings: Settings, doing: str) -> AsyncIterator[StoreBackend]:
-    with _exclusive(settings, doing):
-        store = await open_ready_store(settings)
-        try:
-            yield store
-        finally:
-            with anyio.CancelScope(shield=True):
-                await store.aclose()
 
 
 # -- replay --------------------------------------------------------------------------------------
@@ -550,7 +513,7 @@ async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequ
     pins = manifest.pin_values()
     rules = {Plane(plane): _rules(settings, Plane(plane), feature_plane, pins) for plane in touched}
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(_opened(settings, "replay"))
+        store = await stack.enter_async_context(exclusive_store(settings, "replay", endpoint=False))
         bus = open_bus(settings)
         stack.push_async_callback(bus.aclose)
         checkpoints = {(cp.topic, cp.partition): cp for cp in await store.read(checkpoints_program(scope))}
@@ -655,6 +618,9 @@ async def manifest_for_checkpoints(settings: Settings) -> dict[str, Any]:
 # -- rewind --------------------------------------------------------------------------------------
 
 
+_REWIND = AuditEntry("rewind")
+
+
 @dataclass(frozen=True, slots=True)
 class RewindReport:
     """An explicit rewind: the checkpoint of ``(scope, topic, partition)`` moved from ``from_offset``
@@ -673,9 +639,11 @@ class RewindReport:
 
 
 def rewind_program(
-    scope: str, topic: str, partition: int, *, to_offset: int | None, by: int | None, now: str
+    scope: str, topic: str, partition: int, *, to_offset: int | None, by: int | None, now: str,
+    audit: AuditEntry = _REWIND,
 ) -> Program[RewindReport]:
-    """Move one checkpoint back and append the audit row, in one transaction.
+    """Move one checkpoint back and append the audit row (``audit`` says who and why), in one
+    transaction.
 
     Exactly one of ``to_offset`` / ``by`` is given. The watermark is kept: re-delivered records are
     duplicates, so nothing is annotated late because of a rewind.
@@ -712,28 +680,27 @@ def rewind_program(
         "UPDATE checkpoints SET next_offset = ?, updated_at_utc = ? WHERE scope = ? AND topic = ? AND partition_id = ?",
         (str(target), now, scope, topic, partition),
     )
-    yield Execute(
-        "INSERT INTO checkpoint_rewinds (rewound_at_utc, scope, topic, partition_id, from_offset, to_offset)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (now, scope, topic, partition, current_text, str(target)),
-    )
+    yield audit_move(audit, at=now, scope=scope, topic=topic, partition=partition, from_offset=current_text,
+                     to_offset=str(target), skipped=0)
     return RewindReport(scope, topic, partition, current_text, str(target), now)
 
 
 async def rewind_checkpoint(
-    settings: Settings, topic: str, partition: int, *, to_offset: int | None = None, by: int | None = None
+    settings: Settings, topic: str, partition: int, *, to_offset: int | None = None, by: int | None = None,
+    audit: AuditEntry = _REWIND,
 ) -> RewindReport:
-    """The explicit operator rewind (the only way a checkpoint moves backward).
+    """The explicit operator rewind of one partition (``checkpoint reset`` moves several at once).
 
     Raises:
         UsageError: the topic is not consumed by an enabled plane, or see :func:`rewind_program`.
-        StoreError: a ``ctxplane run`` holds the SQLite lock (stop it first), or the store fails.
+        StoreError: a ``ctxplane run`` works on the store (stop it first), or the store fails.
     """
     if topic not in settings.topics():
         raise UsageError(f"topic {topic} is not consumed by any enabled plane; nothing to rewind")
     scope = scope_of(settings)
-    async with _opened(settings, "rewind a checkpoint") as store:
-        report = await store.write(rewind_program(scope, topic, partition, to_offset=to_offset, by=by, now=now_utc()))
+    async with exclusive_store(settings, "rewind a checkpoint") as store:
+        report = await store.write(
+            rewind_program(scope, topic, partition, to_offset=to_offset, by=by, now=now_utc(), audit=audit))
     log.warning("checkpoint rewound", scope=scope, topic=topic, partition=partition,
                 from_offset=report.from_offset, to_offset=report.to_offset)
     return report

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Final, Self
 
 __all__ = (
     "START_POSITIONS",
+    "Backlog",
     "BusRecord",
     "BusRef",
     "EventBus",
@@ -96,6 +97,25 @@ class BusRef:
     offset: str
     offset_kind: str
     published_at_utc: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits on a partition after a position, as far as the bus can say to a process that is
+    not reading it (``ctxplane status --offline``). ``None`` is "the bus cannot say", never 0.
+
+    Attributes:
+        end: The exclusive-next position after the last complete record, when the bus can name it.
+        lag: Positions between the position and ``end`` (the file bus: lines, blank ones included).
+        behind_ms: How far the position is behind the partition's newest record in time (Kinesis:
+            ``MillisBehindLatest``).
+        unread: Whether at least one record follows the position.
+    """
+
+    end: str | None
+    lag: int | None
+    behind_ms: int | None = None
+    unread: bool | None = None
 
 
 class EventBus(abc.ABC):
@@ -203,6 +223,16 @@ class EventBus(abc.ABC):
         """Records between ``position`` and ``end`` (both exclusive-next), or ``None`` when the
         bus's positions are not contiguous counts (Kinesis sequence numbers)."""
         return None
+
+    async def backlog(self, topic: str, partition: int, position: str | None) -> Backlog:
+        """What waits after ``position`` (``None``: no checkpoint, the start position applies).
+
+        The default asks :meth:`end_position` and :meth:`lag`; an adapter whose end is not known
+        to a process that has not read the partition (Kinesis) probes the bus instead.
+        """
+        end = await self.end_position(topic, partition)
+        lag = self.lag(position, end) if position is not None else None
+        return Backlog(end=end, lag=lag, unread=None if lag is None else lag > 0)
 
     def behind_latest_ms(self, topic: str, partition: int) -> int | None:
         """How far this process's reader of the partition is behind its newest record, in

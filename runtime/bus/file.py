@@ -66,6 +66,7 @@ import orjson
 
 from ctxplane.runtime.bus.base import (
     START_POSITIONS,
+    Backlog,
     BusRecord,
     BusRef,
     EventBus,
@@ -513,6 +514,15 @@ class FileBus(EventBus):
                 return state.count.refresh(fd)
             finally:
                 os.close(fd)
+
+    async def backlog(self, topic: str, partition: int, position: str | None) -> Backlog:
+        """Lines after ``position``; without one, after where a reader would start (line 0 for
+        ``trim_horizon``, the end for ``latest``)."""
+        end = await self.end_position(topic, partition)
+        if position is None:
+            position = "0" if self._start_position == "trim_horizon" else end
+        lag = self.lag(position, end)
+        return Backlog(end=end, lag=lag, unread=lag > 0)
 
     def compare_positions(self, a: str, b: str) -> int:
         """Compare two ``file_line`` positions as integers."""

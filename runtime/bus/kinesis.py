@@ -82,6 +82,7 @@ import structlog
 
 from ctxplane.runtime.bus.base import (
     START_POSITIONS,
+    Backlog,
     BusRecord,
     BusRef,
     EventBus,
@@ -660,6 +661,32 @@ class KinesisBus(EventBus):
         if self._closed:
             raise BusClosed("the Kinesis bus is closed")
         return str(self._last_seen.get((self.stream_of(topic), partition), 0))
+
+    async def backlog(self, topic: str, partition: int, position: str | None) -> Backlog:
+        """One GetShardIterator + GetRecords(Limit=1) after ``position``: whether a record follows,
+        and ``MillisBehindLatest``. Kinesis has no call answering the newest sequence number, so
+        ``end`` and ``lag`` (a count) are unknown, except for a drained closed shard (nothing left).
+        Costs one of the shard's 5 reads per second; the reader's cursor is left alone."""
+        if self._closed:
+            raise BusClosed("the Kinesis bus is closed")
+        stream = self.stream_of(topic)
+        shard = await self._shard(stream, topic, partition)
+        if shard is None:
+            return Backlog(end=None, lag=None)
+        if is_drained(shard, position):
+            return Backlog(end=shard.ending_sequence, lag=0, behind_ms=0, unread=False)
+        client_errors = await self._client_errors()
+        iterator = await self._iterator(topic, stream, shard, position)
+        await self._pace((stream, partition))
+        try:
+            answer = await self._call("get_records", what=f"{stream}/{shard.shard_id}", ShardIterator=iterator, Limit=1)
+        except client_errors as exc:
+            raise BusError(f"kinesis GetRecords on {stream}/{shard.shard_id} failed: {_error_code(exc)}") from None
+        behind = answer.get("MillisBehindLatest")
+        behind = behind if isinstance(behind, int) and not isinstance(behind, bool) else None
+        # An empty answer behind the tip is a sparse stretch, not the end: records follow.
+        unread = bool(answer.get("Records")) or bool(behind)
+        return Backlog(end=None, lag=None, behind_ms=behind, unread=unread)
 
     def behind_latest_ms(self, topic: str, partition: int) -> int | None:
         """``MillisBehindLatest`` of the shard's last GetRecords answer (no API call), or ``None``

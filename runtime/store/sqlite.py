@@ -344,6 +344,25 @@ class SqliteLock:
                 return
             os.close(fd)  # removed (or replaced) by its previous holder's release: lock the new file
 
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now. Takes nothing that outlives the call: a
+        shared lock is tried and dropped at once (a ``ctxplane run`` starting in that instant is
+        refused as if a second process ran, and says so)."""
+        import fcntl
+        import os
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # removed by its last holder's release: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock, if taken
+        return False
+
     def release(self) -> None:
         import os
 
