@@ -57,7 +57,7 @@ def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._answer(200, content_type, encoder(metrics.registry))
             elif path == "/healthz":
                 self._answer(200, "text/plain; charset=utf-8", b"ok\n")

@@ -357,7 +357,7 @@ class KinesisBus(EventBus):
 
     def _default_client(self) -> Any:
         import aioboto3
-        from botocore.config import Config
+        from aiobotocore.config import AioConfig
 
         kwargs: dict[str, Any] = {}
         if _is_loopback(self._endpoint_url) and not (
@@ -366,7 +366,7 @@ class KinesisBus(EventBus):
             # An emulator accepts any credentials; without some, botocore would try the EC2
             # metadata service (169.254.169.254), an address outside this machine.
             kwargs = {"aws_access_key_id": "ctxplane-local", "aws_secret_access_key": "ctxplane-local"}
-        config = Config(
+        config = AioConfig(
             connect_timeout=self._connect_timeout_s,
             read_timeout=self._read_timeout_s,
             # One retry policy (ours, below), not two stacked ones.
