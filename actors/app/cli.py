@@ -113,9 +113,10 @@ def _operator_deadline_ms(settings: Any) -> int:
 
 
 def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
+    from ctxplane.config.settings import secret_value
     from ctxplane.runtime.client import Client
 
-    with Client(settings.query.listen, auth_token=settings.query.auth_token) as client:
+    with Client(settings.query.listen, auth_token=secret_value(settings.query.auth_token)) as client:
         return client.request(request)
 
 
@@ -155,9 +156,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         requests.append(request)
     if not requests:
         raise UsageError("no request given (REQUEST_JSON: a JSON object, @FILE, or - for NDJSON on stdin)")
+    from ctxplane.config.settings import secret_value
     from ctxplane.runtime.client import Client
 
-    with Client(settings.query.listen, auth_token=settings.query.auth_token) as client:
+    with Client(settings.query.listen, auth_token=secret_value(settings.query.auth_token)) as client:
         answers = client.request_many(requests)
     for answer in answers:
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")

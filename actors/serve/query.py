@@ -38,7 +38,7 @@ from anyio.abc import Process, TaskStatus
 
 from ctxplane.actors.serve.engine import OpHandler
 from ctxplane.actors.serve.worker import WorkerSpec
-from ctxplane.config.settings import LoggingSettings, QuerySettings, StoreSettings
+from ctxplane.config.settings import REVEAL_SECRETS, LoggingSettings, QuerySettings, StoreSettings
 from ctxplane.contracts.messages import Committed
 from ctxplane.runtime.channel import Channel, channel_pair
 from ctxplane.runtime.exceptions import (
@@ -245,7 +245,7 @@ class QueryActor(Actor):
         return WorkerSpec(
             index=index, query=self._settings, store=self._store_settings, logging=self._logging, scope=self._scope,
             required_roles=self._required_roles, features=features, forwarded_ops=tuple(self._ops),
-        ).model_dump(mode="json")
+        ).model_dump(mode="json", context=REVEAL_SECRETS)  # the worker connects and checks tokens itself
 
     async def _run_worker(self, index: int, listener: socket.socket, on_ready: Callable[[], None]) -> None:
         """Start worker ``index`` and serve its channel until it exits (``on_ready`` once it serves)."""

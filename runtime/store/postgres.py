@@ -420,4 +420,4 @@ async def open_postgres(settings: StoreSettings, *, read_timeout_s: float | None
         StoreUnavailable: the server cannot be reached (the message carries no password).
         StoreError: the server refused the connection for a reason a retry will not fix.
     """
-    return await PostgresStore(settings.dsn, timeout_s=settings.busy_timeout_s, read_timeout_s=read_timeout_s).open()
+    return await PostgresStore(settings.dsn.get_secret_value(), timeout_s=settings.busy_timeout_s, read_timeout_s=read_timeout_s).open()
