@@ -19,9 +19,11 @@ from ctxplane.runtime.kernel.mailbox import Mailbox as Mailbox
 from ctxplane.runtime.kernel.mailbox import MailboxStatistics as MailboxStatistics
 from ctxplane.runtime.kernel.mailbox import open_mailbox as open_mailbox
 from ctxplane.runtime.kernel.observer import KernelObserver as KernelObserver
-from ctxplane.runtime.kernel.supervisor import Backoff as Backoff
+from ctxplane.runtime.kernel.restarts import Backoff as Backoff
+from ctxplane.runtime.kernel.restarts import Intensity as Intensity
+from ctxplane.runtime.kernel.restarts import RestartWindow as RestartWindow
+from ctxplane.runtime.kernel.restarts import Retry as Retry
 from ctxplane.runtime.kernel.supervisor import ChildSpec as ChildSpec
-from ctxplane.runtime.kernel.supervisor import Intensity as Intensity
 from ctxplane.runtime.kernel.supervisor import Restart as Restart
 from ctxplane.runtime.kernel.supervisor import Strategy as Strategy
 from ctxplane.runtime.kernel.supervisor import Supervisor as Supervisor
@@ -46,6 +48,8 @@ __all__ = (
     "Registry",
     "Reply",
     "Restart",
+    "RestartWindow",
+    "Retry",
     "Strategy",
     "Supervisor",
     "SupervisorStatistics",
