@@ -4,7 +4,8 @@ The vocabulary is OTP's (and Akka's): restart types PERMANENT / TRANSIENT / TEMP
 ONE_FOR_ONE / ONE_FOR_ALL / REST_FOR_ONE, a restart *intensity* (more than ``max_restarts`` restarts
 within ``period`` seconds makes the supervisor stop all children and raise
 :class:`SupervisorEscalation` to its parent), plus Akka-style exponential backoff with jitter
-between a crash and the restart.
+between a crash and the restart. This module is the running loop; the child specs (restart types,
+strategies) are ``runtime/kernel/children.py``, the intensity and backoff ``runtime/kernel/restarts.py``.
 
 Theory of operation
 -------------------
@@ -28,11 +29,10 @@ instead cancels every child at once - structured concurrency, nothing outlives t
 from __future__ import annotations
 
 import dataclasses
-import enum
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TypeAlias, final
+from collections.abc import Sequence
+from typing import final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -43,72 +43,15 @@ from ctxplane.runtime.exceptions import (
     SupervisorStopped,
 )
 from ctxplane.runtime.kernel.actor import Actor, Registry, _Incarnation, serve_actor
+from ctxplane.runtime.kernel.children import ChildSpec, Restart, Strategy
 from ctxplane.runtime.kernel.lifecycle import ActorState, Lifecycle, LifecycleEvent
 from ctxplane.runtime.kernel.observer import KernelObserver
 from ctxplane.runtime.kernel.restarts import Backoff, Intensity, RestartWindow, Retry
 
 __all__ = (
-    "ChildSpec",
-    "Restart",
-    "Strategy",
     "Supervisor",
     "SupervisorStatistics",
 )
-
-
-class Restart(enum.Enum):
-    """When a child is restarted (OTP restart types)."""
-
-    PERMANENT = "permanent"  # always, even after a normal exit
-    TRANSIENT = "transient"  # only after an abnormal exit (an exception)
-    TEMPORARY = "temporary"  # never; the child is removed once it exits or is stopped
-
-
-class Strategy(enum.Enum):
-    """Which children restart when one fails (OTP strategies)."""
-
-    ONE_FOR_ONE = "one_for_one"  # only the failed child
-    ONE_FOR_ALL = "one_for_all"  # every child
-    REST_FOR_ONE = "rest_for_one"  # the failed child and every child started after it
-
-
-ChildFactory: TypeAlias = "Callable[[], Actor | Supervisor]"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChildSpec:
-    """How to start and stop one child.
-
-    Attributes:
-        name: unique among the supervisor's children; an actor child registers under it.
-        factory: returns a *new* Actor or Supervisor for each (re)start.
-        mailbox_capacity: required for actors (bounded mailboxes only); ignored for supervisors.
-        restart: when the child is restarted.
-        shutdown_timeout: seconds a graceful stop may take before the child is cancelled.
-    """
-
-    name: str
-    factory: ChildFactory
-    mailbox_capacity: int | None = None
-    restart: Restart = Restart.PERMANENT
-    shutdown_timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("ChildSpec.name must be a non-empty string")
-        if self.mailbox_capacity is not None and (
-            isinstance(self.mailbox_capacity, bool)
-            or not isinstance(self.mailbox_capacity, int)
-            or self.mailbox_capacity < 1
-        ):
-            raise ValueError(
-                f"child {self.name!r}: mailbox_capacity must be an int >= 1, "
-                f"got {self.mailbox_capacity!r}"
-            )
-        if not self.shutdown_timeout > 0:
-            raise ValueError(
-                f"child {self.name!r}: shutdown_timeout must be > 0, got {self.shutdown_timeout!r}"
-            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
