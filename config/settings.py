@@ -5,10 +5,17 @@ Rules (interfaces.md §3):
   where it came from (the file or the environment variable) and, for an unknown key, the closest
   valid ones (:func:`inspect_settings`; ``ctxplane config check``);
 - ``CTXPLANE__SECTION__KEY`` environment variables override file values (values are parsed as YAML
-  scalars/flow collections, so ``true``, ``12``, ``null`` and ``[a, b]`` work);
+  scalars/flow collections, so ``true``, ``12``, ``null`` and ``[a, b]`` work). The overrides are read
+  here (:func:`_apply_env_overrides`), not by pydantic-settings' env source: that source reads
+  ``null`` as the string ``"null"``, refuses ``[a, b]`` (JSON only) with one exception for the whole
+  section, silently ignores a variable naming an unknown section (``CTXPLANE__STOER__DSN``), and
+  cannot say which variable set a bad key, all of which ``config check`` reports;
 - relative paths resolve against the directory of the config file (or the working directory when
   there is no file);
-- secrets (DSN passwords, auth tokens) never appear in messages: see :func:`redact_dsn`.
+- secrets (DSN passwords, auth tokens) never appear in messages: see :func:`redact_dsn`. ``store.dsn``
+  and ``query.auth_token`` are :class:`~pydantic.SecretStr`: their ``repr`` is masked, a JSON dump
+  shows the DSN redacted and the token as ``***`` (unless asked for with :data:`REVEAL_SECRETS`),
+  and :func:`secret_value` unwraps them where they are used (connecting, checking a request's auth).
 """
 
 from __future__ import annotations
@@ -24,12 +31,23 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from ctxplane.contracts.exceptions import ConfigError
 from ctxplane.contracts.yamlfile import YAMLError, load_yaml, yaml_problem
 
 __all__ = (
+    "MASK",
+    "REVEAL_SECRETS",
     "BusSettings",
     "ConfigReport",
     "DrillSettings",
@@ -47,6 +65,7 @@ __all__ = (
     "load_settings",
     "is_loopback",
     "redact_dsn",
+    "secret_value",
 )
 
 ENV_PREFIX = "CTXPLANE__"
@@ -59,6 +78,21 @@ CONTEXT_TOPICS = (
     "fp.bus.context.flow_anchor.baseline.v1",
 )
 TRAFFIC_TOPICS = ("fp.bus.traffic.fraud.v1", "fp.bus.traffic.baseline.v1")
+
+MASK = "***"  # what a dump shows for a secret it does not reveal
+# Serialization context of a JSON dump that must carry the secrets themselves: only the settings a
+# process hands its own query workers over their channel (actors/serve/query.py).
+REVEAL_SECRETS: Mapping[str, bool] = {"reveal_secrets": True}
+
+
+def secret_value(secret: SecretStr | None) -> str | None:
+    """The secret itself, for the one place that uses it (a connection, an auth check)."""
+    return None if secret is None else secret.get_secret_value()
+
+
+def _reveals(info: SerializationInfo) -> bool:
+    context = info.context
+    return isinstance(context, Mapping) and context.get("reveal_secrets") is True
 
 
 class _Section(BaseModel):
@@ -78,7 +112,7 @@ class RunSettings(_Section):
 
 
 class StoreSettings(_Section):
-    dsn: str = "sqlite:///runs/ctxplane.sqlite"
+    dsn: SecretStr = SecretStr("sqlite:///runs/ctxplane.sqlite")
     # FULL: a commit survives power loss. NORMAL is faster but may lose the last commits on power loss.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     # Local profiles migrate on start; production profiles run `ctxplane migrate` explicitly.
@@ -93,7 +127,8 @@ class StoreSettings(_Section):
 
     @field_validator("dsn")
     @classmethod
-    def _dsn_scheme(cls, value: str) -> str:
+    def _dsn_scheme(cls, secret: SecretStr) -> SecretStr:
+        value = secret.get_secret_value()
         if not (value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://"))):
             raise ValueError("must start with sqlite:/// or postgresql://")
         if value.startswith("postgres") and not _well_formed_postgres_dsn(value):
@@ -102,16 +137,25 @@ class StoreSettings(_Section):
                 "is not a well-formed postgresql://user:password@host:port/db URL"
                 " (percent-encode @ # / ? in the password)"
             )
-        return value
+        return secret
+
+    @field_serializer("dsn", when_used="json")
+    def _dsn_json(self, secret: SecretStr, info: SerializationInfo) -> str:
+        return secret.get_secret_value() if _reveals(info) else redact_dsn(secret.get_secret_value())
+
+    @property
+    def redacted_dsn(self) -> str:
+        """The DSN with its password masked, for logs and messages."""
+        return redact_dsn(self.dsn.get_secret_value())
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
-        return "sqlite" if self.dsn.startswith("sqlite:") else "postgresql"
+        return "sqlite" if self.dsn.get_secret_value().startswith("sqlite:") else "postgresql"
 
     @property
     def sqlite_path(self) -> Path:
         """The database file of a ``sqlite:///`` DSN (``sqlite:////abs`` is absolute)."""
-        return Path(self.dsn[len("sqlite:///") :])
+        return Path(self.dsn.get_secret_value()[len("sqlite:///") :])
 
 
 def _well_formed_postgres_dsn(dsn: str) -> bool:
@@ -157,7 +201,7 @@ class QuerySettings(_Section):
     listen: str = "unix:runs/ctxplane.sock"
     # Worker processes serving the socket, each its own interpreter (actors/serve/worker.py).
     workers: int = Field(default=1, ge=1, le=64)
-    auth_token: str | None = None
+    auth_token: SecretStr | None = None
     max_connections: int = Field(default=256, ge=1)
     max_request_bytes: int = Field(default=65536, ge=1024)
     # A connection silent this long, with no answer pending, is closed (clients reconnect).
@@ -178,6 +222,12 @@ class QuerySettings(_Section):
         if value.startswith("tcp://") and re.match(r"^tcp://[^:/]+:\d{1,5}$", value):
             return value
         raise ValueError("must be unix:PATH or tcp://HOST:PORT")
+
+    @field_serializer("auth_token", when_used="json")
+    def _token_json(self, secret: SecretStr | None, info: SerializationInfo) -> str | None:
+        if secret is None:
+            return None
+        return secret.get_secret_value() if _reveals(info) else MASK
 
 
 class MetricsSettings(_Section):
@@ -364,7 +414,7 @@ def inspect_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str]
 def _exposure_problem(settings: Settings, where: str) -> str | None:
     """Refuse, before anything starts, a query socket others can reach without a token."""
     listen = settings.query.listen
-    if listen.startswith("tcp://") and not settings.query.auth_token:
+    if listen.startswith("tcp://") and not secret_value(settings.query.auth_token):
         host = listen[len("tcp://") :].rpartition(":")[0]
         if not is_loopback(host):
             return f"{where}query.auth_token: required when query.listen binds a non-loopback address ({host})"
@@ -478,7 +528,7 @@ def _resolve_paths(settings: Settings, base: Path, source: Path | None) -> Setti
 
     store = settings.store
     if store.backend == "sqlite" and not store.sqlite_path.is_absolute():
-        store = store.model_copy(update={"dsn": f"sqlite:///{resolve(store.sqlite_path)}"})
+        store = store.model_copy(update={"dsn": SecretStr(f"sqlite:///{resolve(store.sqlite_path)}")})
     listen = settings.query.listen
     if listen.startswith("unix:"):
         listen = f"unix:{resolve(Path(listen[len('unix:'):]))}"

@@ -108,7 +108,7 @@ def _is_seed(value: object) -> bool:
 
 
 # field -> (required, check). Decided once; envelope_error walks this table per event.
-_CHECKS: dict[str, tuple[bool, Any]] = {
+_CHECKS: dict[str, tuple[bool, Callable[[Any], bool]]] = {
     "event_id": (True, lambda v: _is_text(v, 256)),
     "event_type": (True, lambda v: _is_text(v, 256)),
     "ts_utc": (True, lambda v: type(v) is str and TS_PATTERN.fullmatch(v) is not None),

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ctxplane.contracts.exceptions import ConfigError
+from ctxplane.contracts.yamlfile import YAMLError, load_yaml, yaml_problem
 
 __all__ = (
     "COUNTED_SIGNALS",
@@ -99,9 +99,11 @@ def load_health_policy(path: Path | None = None, env: Mapping[str, str] | None =
     """
     path = path or default_health_policy_path()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
         raise ConfigError(f"health policy {path}: {exc}") from None
+    except YAMLError as exc:
+        raise ConfigError(f"health policy {path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"health policy {path}: the top level must be a mapping")
     thresholds = raw.setdefault("thresholds", {})

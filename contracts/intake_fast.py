@@ -20,6 +20,7 @@ checks the two agree on valid, mutated and junk records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -100,7 +101,8 @@ def _origin_record(raw: bytes) -> _Envelope:
 
 # At most one of these succeeds on a record (each knows only its own top-level keys), and it finds
 # the envelope extract_envelope finds. The file bus writes wrapped lines, Kinesis bare envelopes.
-_READERS = (_file_bus_line, msgspec.json.Decoder(_Envelope).decode, _origin_record)
+_Reader = Callable[[bytes], _Envelope]
+_READERS: tuple[_Reader, ...] = (_file_bus_line, msgspec.json.Decoder(_Envelope).decode, _origin_record)
 _DECODE_ERRORS = (msgspec.MsgspecError, RecursionError)
 
 

@@ -53,10 +53,10 @@ def _encode(request: dict[str, Any], auth: str | None) -> bytes:
 
 
 def _settings_of(config: str | os.PathLike[str]) -> tuple[str, str | None]:
-    from ctxplane.config.settings import load_settings
+    from ctxplane.config.settings import load_settings, secret_value
 
     settings = load_settings(config)
-    return settings.query.listen, settings.query.auth_token
+    return settings.query.listen, secret_value(settings.query.auth_token)
 
 
 def _default_pins(pins: PinsLike | None) -> Pins | None:

@@ -129,7 +129,8 @@ class Pins:
         problems = pins_problems(dict(pins))
         if problems:
             raise ValueError(problems.detail())
-        return cls(**{f.name: pins.get(f.name) for f in fields(cls)})
+        values: dict[str, Any] = {f.name: pins.get(f.name) for f in fields(cls)}  # checked just above
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         """The pins as a request carries them (``run_id`` only when set)."""
@@ -156,7 +157,7 @@ def _instant(value: str | datetime) -> str:
     return canonical_instant(value)
 
 
-def _pair(item: FeatureKey | FeatureGroup, first: str, second: str) -> dict[str, Any]:
+def _pair(item: tuple[Any, Any] | Mapping[str, Any], first: str, second: str) -> dict[str, Any]:
     if isinstance(item, Mapping):
         return {first: item[first], second: item[second]}
     a, b = item

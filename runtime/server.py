@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import orjson
 import structlog
-from anyio.abc import ByteStream, Listener, SocketListener, TaskStatus
+from anyio.abc import ByteStream, SocketListener, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ctxplane.config.settings import is_loopback
@@ -174,7 +174,7 @@ class LineServer:
         self.auth_failures = 0
         self._peers: set[Peer] = set()  # of the connections being served
 
-    async def _listen(self) -> Listener[Any]:
+    async def _listen(self) -> SocketListener:
         if self._sock is None:
             self._sock = bind_listener(self._listen_spec)
             self._owns_path = self._kind == "unix"

@@ -69,6 +69,7 @@ async def stop_on_signals(work: Callable[[StopRequest], Awaitable[T]]) -> T:
     async with anyio.create_task_group() as tg:
         await tg.start(_watch, stop)
         try:
-            return await work(stop)
+            result = await work(stop)
         finally:
             tg.cancel_scope.cancel()
+    return result

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import orjson
@@ -24,7 +24,7 @@ __all__ = ("main",)
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -112,9 +112,10 @@ def _operator_deadline_ms(settings: Any) -> int:
 
 
 def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
+    from ctxplane.config.settings import secret_value
     from ctxplane.runtime.client import Client
 
-    with Client(settings.query.listen, auth_token=settings.query.auth_token) as client:
+    with Client(settings.query.listen, auth_token=secret_value(settings.query.auth_token)) as client:
         return client.request(request)
 
 
@@ -154,9 +155,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         requests.append(request)
     if not requests:
         raise UsageError("no request given (REQUEST_JSON: a JSON object, @FILE, or - for NDJSON on stdin)")
+    from ctxplane.config.settings import secret_value
     from ctxplane.runtime.client import Client
 
-    with Client(settings.query.listen, auth_token=settings.query.auth_token) as client:
+    with Client(settings.query.listen, auth_token=secret_value(settings.query.auth_token)) as client:
         answers = client.request_many(requests)
     for answer in answers:
         sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
@@ -254,7 +256,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ctxplane", description="Decision-time context plane: join and feature projections served over a socket.")
     parser.add_argument("--version", action="version", version=f"ctxplane {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)

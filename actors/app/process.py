@@ -16,7 +16,7 @@ from ctxplane.actors.app.tree import build_root, known_restarts
 from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.serve.metrics import Metrics
-from ctxplane.config.settings import Settings, redact_dsn
+from ctxplane.config.settings import Settings
 from ctxplane.contracts.health import load_health_policy
 from ctxplane.runtime.exceptions import Interrupted, UsageError
 from ctxplane.runtime.kernel import Registry
@@ -57,7 +57,7 @@ def serve_metrics(listen: str, metrics: Metrics) -> Callable[[], None]:
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._answer(200, content_type, encoder(metrics.registry))
             elif path == "/healthz":
                 self._answer(200, "text/plain; charset=utf-8", b"ok\n")
@@ -198,7 +198,7 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
             )
             tune_gc_for_ingest()
             _warn_unread_planes(settings, partitions)  # after every refusal above: a refused start says one line
-            log.info("starting", store=redact_dsn(settings.store.dsn), bus=settings.bus.kind,
+            log.info("starting", store=settings.store.redacted_dsn, bus=settings.bus.kind,
                      partitions=len(partitions), once=once)
         if startup.cancelled_caught:
             log.info("stopped before start-up completed")

@@ -10,7 +10,10 @@ __all__ = ("render_offline_status", "render_status", "table")
 def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)]
 
 

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -44,7 +44,7 @@ from ctxplane.runtime.kernel import (
     Strategy,
     Supervisor,
 )
-from ctxplane.runtime.store import open_store
+from ctxplane.runtime.store import StoreBackend, open_store
 
 __all__ = ("AppContext", "build_root", "known_restarts", "partition_name")
 
@@ -169,7 +169,7 @@ def build_root(app: AppContext) -> Supervisor:
     registry = app.registry
     assignment_mode(s)  # refuse leases on SQLite before anything starts (UsageError)
 
-    def open_writer_store() -> Any:
+    def open_writer_store() -> Awaitable[StoreBackend]:
         return open_store(s.store)
 
     def store_writer() -> StoreWriter:

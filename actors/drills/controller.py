@@ -47,7 +47,7 @@ import structlog
 
 from ctxplane.actors.ingest.store_writer import RunWrite, WriteResult
 from ctxplane.actors.operate.checkpoint_audit import AuditEntry
-from ctxplane.config.settings import QuerySettings
+from ctxplane.config.settings import QuerySettings, secret_value
 from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.exceptions import (
     ActorFailed,
@@ -157,7 +157,7 @@ class DrillGate:
         # A non-loopback endpoint only runs with an auth token, which the socket server checks on
         # every request before any op sees it; the flag is kept explicit so the rule holds even if
         # that server rule ever changes.
-        return cls(enabled, local or bool(query.auth_token), controller)
+        return cls(enabled, local or bool(secret_value(query.auth_token)), controller)
 
     async def handle(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         request_id = request.get("request_id")

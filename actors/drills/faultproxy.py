@@ -34,7 +34,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,7 +216,7 @@ async def _serve_control(proxy: FaultProxy, path: Path, *, task_status: TaskStat
                     while b"\n" in buffer:
                         line, buffer = buffer.split(b"\n", 1)
                         command = line.strip().decode("ascii", "replace")
-                        actions = {"cut": proxy.cut, "blackhole": proxy.blackhole, "restore": proxy.restore,
+                        actions: dict[str, Callable[[], None]] = {"cut": proxy.cut, "blackhole": proxy.blackhole, "restore": proxy.restore,
                                    "status": lambda: None}
                         action = actions.get(command)
                         if action is None:

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import SecretStr
 
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
 from ctxplane.actors.resources import open_bus, scope_of
 from ctxplane.actors.tables.reads import checkpoints_program
-from ctxplane.config.settings import Settings, StoreSettings
+from ctxplane.config.settings import Settings, StoreSettings, secret_value
 from ctxplane.contracts.join import CheckpointRow
 from ctxplane.runtime.bus import EventBus, partition_key_for
 from ctxplane.runtime.client import AsyncClient, QueryEndpointUnavailable
@@ -233,7 +234,7 @@ async def clean_pass_digests(settings: Settings, checkpoints: Sequence[Checkpoin
                 {"partition": row.partition, "from_offset": 0, "to_offset": int(row.next_offset) - 1})
     with tempfile.TemporaryDirectory(prefix="ctxplane-drill-") as tmp:
         dsn = f"sqlite:///{Path(tmp) / 'clean.sqlite'}"
-        clean = settings.model_copy(update={"store": StoreSettings(dsn=dsn, synchronous="NORMAL")})
+        clean = settings.model_copy(update={"store": StoreSettings(dsn=SecretStr(dsn), synchronous="NORMAL")})
         if topics:
             manifest = ReplayManifest.model_validate(
                 {"topics": [{"topic": t, "partitions": parts} for t, parts in sorted(topics.items())]})
@@ -271,7 +272,7 @@ class Endpoint:
 
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
         self._listen = settings.query.listen
-        self._auth = settings.query.auth_token
+        self._auth = secret_value(settings.query.auth_token)
         self._timeout_s = timeout_s
         self._client: AsyncClient | None = None
 

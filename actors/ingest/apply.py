@@ -387,7 +387,9 @@ def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutco
     if anchors:
         yield Execute(_CLAIMS_FROM_STAGE)
     # Step 4: conflicts among touched frames (two events in one role) ...
-    outcome.touched_frames.update({(v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq) for v in events})  # type: ignore[arg-type]
+    # (Every accepted join event has its frame key: intake rejects one without as JOIN_KEY_MISSING.)
+    outcome.touched_frames.update({(v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq) for v in events
+                                   if v.merchant_id is not None and v.arrival_seq is not None})
     per_role: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
     for row in (yield Fetch(_ROLE_CONFLICTS)):
         per_role[row[:5]].append(row)
@@ -402,7 +404,7 @@ def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutco
     if not anchors:
         return
     # ... and among touched bindings (a flow claiming two keys, or a key claimed by two flows).
-    outcome.touched_flows.update({(v.platform_run_id, v.scenario_run_id, v.flow_id) for v in anchors})  # type: ignore[arg-type]
+    outcome.touched_flows.update({(v.platform_run_id, v.scenario_run_id, v.flow_id) for v in events if v.flow_id is not None})
     claims = {row[:6]: row for row in (yield Fetch(_BINDING_CONFLICTS))}
     for conflict_rows, details in _binding_conflicts(claims.values()):
         for row in conflict_rows:
@@ -453,17 +455,18 @@ def _advance_checkpoints(batches: Sequence[ApplyBatch], now: str, outcome: Apply
     for key in keys:
         batch = latest[key]
         next_offset = batch.next_offset
-        wm_text = format_ts_us(watermark[key]) if watermark.get(key) is not None else None
-        previous = stored.get(key)
-        if previous is not None:
+        wm = watermark.get(key)
+        wm_text = format_ts_us(wm) if wm is not None else None
+        position = stored.get(key)
+        if position is not None:
             # Never backward: a re-delivered batch behind the checkpoint leaves it where it is.
-            if int(previous[0]) > int(next_offset):
-                next_offset = previous[0]
-            if previous[1] is not None and (wm_text is None or previous[1] > wm_text):
-                wm_text = previous[1]
+            if int(position[0]) > int(next_offset):
+                next_offset = position[0]
+            if position[1] is not None and (wm_text is None or position[1] > wm_text):
+                wm_text = position[1]
         rows_out.append((key[0], key[1], key[2], batch.plane.value, next_offset, batch.offset_kind, wm_text, now))
         outcome.positions.append(
-            PartitionPosition(batch.plane, key[1], key[2], next_offset, batch.offset_kind, watermark.get(key))
+            PartitionPosition(batch.plane, key[1], key[2], next_offset, batch.offset_kind, wm)
         )
     yield ExecMany(
         "INSERT INTO checkpoints (scope, topic, partition_id, plane, next_offset, offset_kind, watermark_ts_utc,"

@@ -4,7 +4,8 @@ Commit protocol, per group commit (steps match the code):
   1. take one ApplyBatch, then drain whatever else is already queued (up to a record cap) —
      group commit is the main throughput lever;
   2. run the apply program over all of them in one transaction (begin, write, commit);
-  3. on StoreUnavailable, keep the batches and retry with capped exponential backoff: no ack, no
+  3. on StoreUnavailable, keep the batches and retry with capped exponential backoff (the kernel's
+     ``Retry`` over :data:`STORE_RETRY`): no ack, no
      loss, no crash loop — partition actors stall on backpressure meanwhile; on StoreDataError (a
      value the database refuses, which no retry fixes), find the record, ledger it as
      STORE_REJECTED and commit the rest (``actors/_isolate.py``);
@@ -20,7 +21,7 @@ incarnation, as in any crash, and their partitions restart from the checkpoints.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from ctxplane.runtime.exceptions import (
     CtxplaneError,
     StoreUnavailable,
 )
-from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Reply
+from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Backoff, Reply, Retry
 from ctxplane.runtime.store import Program, StoreBackend
 
 __all__ = ("RunWrite", "StoreWriter", "StoreWriterConfig", "WriteResult")
@@ -50,13 +51,14 @@ log = structlog.get_logger("ctxplane.store_writer")
 
 # Prune after this many commits: often enough to bound growth, rare enough to cost nothing.
 PRUNE_EVERY = 256
+# While the store is unavailable: 50 ms doubling to 2 s, +-20 % so partitions' writers spread out.
+STORE_RETRY = Backoff(initial=0.05, maximum=2.0, jitter=0.2)
 
 
 @dataclass(frozen=True, slots=True)
 class StoreWriterConfig:
     group_commit_max_records: int
-    retry_initial_s: float = 0.05
-    retry_max_s: float = 2.0
+    retry: Backoff = STORE_RETRY  # between attempts while the store is unavailable (unbounded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,7 @@ class StoreWriter(Actor):
         self,
         config: StoreWriterConfig,
         *,
-        open_store: Callable[[], Any],
+        open_store: Callable[[], Awaitable[StoreBackend]],
         subscribers: tuple[ActorRef, ...],
         feature_plane: Any = None,
         observer: Any = None,
@@ -101,6 +103,7 @@ class StoreWriter(Actor):
         self._commit_seq = 0
         self._writes: list[tuple[RunWrite, Reply]] = []
         self.available = True
+        self._rng = random.Random()  # the jitter of its retries
 
     async def started(self, ctx: ActorContext) -> None:
         self._store = await self._connect()
@@ -115,28 +118,26 @@ class StoreWriter(Actor):
 
     async def _write_retrying(self, build: Callable[[], Program[T]]) -> T:
         """Run ``build()`` in one write transaction, retrying with capped backoff while unavailable."""
-        delay = self.config.retry_initial_s
+        retry = Retry(self.config.retry, rng=self._rng)
         while True:
             assert self._store is not None
             try:
                 value = await self._store.write(build())
             except StoreUnavailable as exc:
                 self._set_available(False, str(exc))
-                await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
-                delay = min(delay * 2, self.config.retry_max_s)
+                await anyio.sleep(retry.failed())
                 continue
             self._set_available(True, None)
             return value
 
     async def _connect(self) -> StoreBackend:
-        delay = self.config.retry_initial_s
+        retry = Retry(self.config.retry, rng=self._rng)
         while True:
             try:
-                return await self._open_store()  # type: ignore[no-any-return]
+                return await self._open_store()
             except StoreUnavailable as exc:
                 self._set_available(False, str(exc))
-                await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
-                delay = min(delay * 2, self.config.retry_max_s)
+                await anyio.sleep(retry.failed())
 
     async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self.started(ctx)
@@ -188,7 +189,7 @@ class StoreWriter(Actor):
     async def _commit(self, batches: list[ApplyBatch]) -> None:
         # Steps 2-3: one transaction; retry while the store is unavailable, holding the batches;
         # a record the store refuses is ledgered and the rest committed.
-        delay = self.config.retry_initial_s
+        retry = Retry(self.config.retry, rng=self._rng)
         started = anyio.current_time()
         while True:
             assert self._store is not None
@@ -203,10 +204,10 @@ class StoreWriter(Actor):
                 continue
             except StoreUnavailable as exc:
                 self._set_available(False, str(exc))
+                pause = retry.failed()
                 log.warning("store unavailable; holding batches and retrying", error=str(exc),
-                            batches=len(batches), retry_in_s=round(delay, 3))
-                await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
-                delay = min(delay * 2, self.config.retry_max_s)
+                            batches=len(batches), retry_in_s=round(pause, 3))
+                await anyio.sleep(pause)
         self._set_available(True, None)
         self._commit_seq += 1
         if self._observer is not None:

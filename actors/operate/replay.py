@@ -50,7 +50,6 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import structlog
-import yaml
 from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import (
     BaseModel,
@@ -76,6 +75,7 @@ from ctxplane.contracts.intake_fast import FastIntake
 from ctxplane.contracts.join import CheckpointRow
 from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
+from ctxplane.contracts.yamlfile import YAMLError, load_yaml
 from ctxplane.runtime.bus import FILE_LINE, EventBus
 from ctxplane.runtime.exceptions import Interrupted, UsageError
 from ctxplane.runtime.signals import StopRequest
@@ -216,8 +216,8 @@ def load_manifest(path: str | Path) -> ReplayManifest:
     except UnicodeDecodeError:
         raise UsageError(f"replay manifest {file} is not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        raw = load_yaml(text)
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UsageError(f"{file}: invalid YAML/JSON{where}: {getattr(exc, 'problem', exc)}") from None

@@ -161,8 +161,7 @@ class QueryEngine:
         started = anyio.current_time()
         op = request.get("op") or request.get("query_kind")
         request_id = request.get("request_id")
-        handler = self._ops.get(op) if isinstance(op, str) else None
-        if handler is None:
+        if not isinstance(op, str) or (handler := self._ops.get(op)) is None:
             known = ", ".join(sorted(self._ops))
             return error_response("INVALID_REQUEST", f"unknown op {op!r}; known ops: {known}", request_id=request_id)
         deadline_ms = request.get("deadline_ms", self._settings.default_deadline_ms)

@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import orjson
@@ -302,6 +303,7 @@ class HealthActor(Actor):
     async def write_artifact(self) -> None:
         assert self._artifact_path is not None
         report = self.report or await self.refresh()
+        basis: Mapping[str, object]
         try:
             with anyio.fail_after(_STORE_READ_TIMEOUT_S):  # bounded like the ledger read
                 basis = await self._store.read(basis_program(self._scope, ("join", "features")))
@@ -346,7 +348,8 @@ class HealthAckGate:
         if isinstance(parsed, str):
             return error_response("INVALID_REQUEST", parsed, request_id=request_id)
         try:
-            answer = await self._health.ask(("ack", *parsed), timeout=max(0.05, deadline_s * 0.9))
+            # The health actor replies to an ("ack", by, reason) ask with HealthActor.acknowledge's dict.
+            answer = cast(dict[str, Any], await self._health.ask(("ack", *parsed), timeout=max(0.05, deadline_s * 0.9)))
         except (AskTimeout, ActorUnavailable, ActorFailed) as exc:
             return error_response("UNAVAILABLE", f"health actor: {exc}", request_id=request_id, retryable=True)
         if "error" in answer:

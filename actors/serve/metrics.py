@@ -85,7 +85,9 @@ class _ActorCollector(Collector):
 
 class Metrics:
     def __init__(self, actors: Registry) -> None:
-        disable_created_metrics()  # no ctxplane_*_created series: noise, and a cardinality doubling
+        # No ctxplane_*_created series: noise, and a cardinality doubling. (prometheus_client ships
+        # py.typed but leaves this function unannotated.)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         r = self.registry
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

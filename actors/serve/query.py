@@ -38,7 +38,7 @@ from anyio.abc import Process, TaskStatus
 
 from ctxplane.actors.serve.engine import OpHandler
 from ctxplane.actors.serve.worker import WorkerSpec
-from ctxplane.config.settings import LoggingSettings, QuerySettings, StoreSettings
+from ctxplane.config.settings import REVEAL_SECRETS, LoggingSettings, QuerySettings, StoreSettings
 from ctxplane.contracts.messages import Committed
 from ctxplane.runtime.channel import Channel, channel_pair
 from ctxplane.runtime.exceptions import (
@@ -49,7 +49,7 @@ from ctxplane.runtime.exceptions import (
     StoreUnavailable,
     UsageError,
 )
-from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Backoff, Intensity
+from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Backoff, Intensity, RestartWindow, Retry
 from ctxplane.runtime.server import bind_listener, parse_listen
 
 __all__ = ("QueryActor", "QueryWorkersFailing")
@@ -133,7 +133,7 @@ class QueryActor(Actor):
         self._ops: dict[str, OpHandler] = {}  # answered here, for the workers that forward them
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
-        self._restarts: deque[float] = deque()
+        self._restarts = RestartWindow(self._intensity)
         self.commits_seen = 0
 
     def add_op(self, op: str, handler: OpHandler) -> None:
@@ -203,7 +203,7 @@ class QueryActor(Actor):
         The first start reports to the actor's own start (a worker that cannot start fails it, e.g.
         an unreachable store); later ones are restarts, with backoff, within the restart intensity.
         """
-        attempt = 0
+        retry = Retry(self._backoff, rng=self._rng)
         ready = False
 
         def on_ready() -> None:
@@ -224,17 +224,11 @@ class QueryActor(Actor):
             if self._stopping:
                 return
             now = anyio.current_time()
-            if now - started_at >= self._backoff.reset_after:
-                attempt = 0
-            self._restarts.append(now)
-            while self._restarts and self._restarts[0] < now - self._intensity.period:
-                self._restarts.popleft()
-            if len(self._restarts) > self._intensity.max_restarts:
+            if self._restarts.charge(now):
                 raise QueryWorkersFailing(
                     f"query workers restarted {len(self._restarts)} times in {self._intensity.period:g} s; last: {reason}"
                 ) from reason
-            delay = self._backoff.delay(attempt, self._rng)
-            attempt += 1
+            delay = retry.failed(up_for=now - started_at)
             log.warning("query worker died; restarting it", worker=index, error=str(reason), delay_s=round(delay, 3))
             if self._observer is not None:
                 self._observer.on_restart("query", f"query-worker-{index}", reason, delay)
@@ -245,7 +239,7 @@ class QueryActor(Actor):
         return WorkerSpec(
             index=index, query=self._settings, store=self._store_settings, logging=self._logging, scope=self._scope,
             required_roles=self._required_roles, features=features, forwarded_ops=tuple(self._ops),
-        ).model_dump(mode="json")
+        ).model_dump(mode="json", context=REVEAL_SECRETS)  # the worker connects and checks tokens itself
 
     async def _run_worker(self, index: int, listener: socket.socket, on_ready: Callable[[], None]) -> None:
         """Start worker ``index`` and serve its channel until it exits (``on_ready`` once it serves)."""

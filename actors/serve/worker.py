@@ -27,7 +27,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from ctxplane.actors.serve.engine import QueryEngine
-from ctxplane.config.settings import LoggingSettings, QuerySettings, Settings, StoreSettings
+from ctxplane.config.settings import LoggingSettings, QuerySettings, Settings, StoreSettings, secret_value
 from ctxplane.runtime.channel import Channel
 from ctxplane.runtime.exceptions import CtxplaneError, StoreDataError, StoreUnavailable
 from ctxplane.runtime.logs import configure_logging
@@ -172,7 +172,7 @@ async def _serve(spec: WorkerSpec, store: Any, channel: Channel, listen_sock: so
         served_by=lambda: {"worker": spec.index, "pid": os.getpid(), "connections": servers[0].connections},
     )
     server = LineServer(q.listen, engine.handle, sock=listen_sock, max_line=q.max_request_bytes,
-                        max_connections=q.max_connections, idle_timeout_s=q.idle_timeout_s, auth_token=q.auth_token,
+                        max_connections=q.max_connections, idle_timeout_s=q.idle_timeout_s, auth_token=secret_value(q.auth_token),
                         request_read_timeout_s=q.request_read_timeout_s, on_auth_failure=link.observe_auth_failure)
     servers.append(server)
     await channel.send({"t": "ready", "pid": os.getpid()})

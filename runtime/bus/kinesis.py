@@ -33,8 +33,10 @@ Rate limits: Kinesis allows 5 GetRecords per shard per second (shared by every c
 shard). Reads of one shard are spaced ``1 / reads_per_second`` apart; throttling errors
 (``ProvisionedThroughputExceededException`` and friends) and transient transport errors back off
 exponentially with full jitter, and after ``_MAX_ATTEMPTS`` the call raises :class:`BusUnavailable`
-(the partition actor then restarts under its supervisor's backoff). botocore's own retries are off,
-so there is one policy, here. botocore's ``read_timeout`` bounds every call (kinesalite can hang
+(the partition actor then restarts under its supervisor's backoff). The policy is the kernel's
+(``runtime/kernel/restarts.py``: a :class:`Retry` per call); botocore's own retries are off, so no
+retry runs inside another: a PutRecords whose records are partly refused spends the same attempts
+on re-sending them as on the call's own failures. botocore's ``read_timeout`` bounds every call (kinesalite can hang
 forever on ``AT_TIMESTAMP``).
 
 Resharding
@@ -94,6 +96,7 @@ from ctxplane.runtime.exceptions import (
     BusPositionError,
     UsageError,
 )
+from ctxplane.runtime.kernel.restarts import Backoff, Retry
 
 __all__ = (
     "KINESIS_SEQUENCE",
@@ -119,8 +122,9 @@ _ITERATOR_TTL_S: Final = 280.0
 # Attempts per call for throttling / transient errors; with the backoff below that is ~20 s of
 # trying before a read gives up and lets the partition actor's supervisor take over.
 _MAX_ATTEMPTS: Final = 8
-_BACKOFF_INITIAL_S: Final = 0.1
-_BACKOFF_MAX_S: Final = 5.0
+# Full jitter under a cap doubling from 0.1 s to 5 s: spreads the retries of every shard throttled
+# at the same moment.
+_RETRY: Final = Backoff(initial=0.1, maximum=5.0, full_jitter=True)
 # Empty answers while MillisBehindLatest > 0 (a sparse stretch of the shard) are followed within
 # one read, up to this many calls, so a read never reports "nothing new" while records are ahead.
 _EMPTY_FOLLOW: Final = 3
@@ -251,6 +255,14 @@ def _botocore_errors() -> _Errors:
     return (bex.ClientError,), transport, credentials
 
 
+class _Transient(Exception):
+    """Internal: one attempt at a call failed in a way another attempt may not (see ``_attempt``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(slots=True)
 class _Cursor:
     """Where one shard's cached iterator stands (see the module docstring)."""
@@ -358,7 +370,7 @@ class KinesisBus(EventBus):
 
     def _default_client(self) -> Any:
         import aioboto3
-        from botocore.config import Config
+        from aiobotocore.config import AioConfig
 
         kwargs: dict[str, Any] = {}
         if _is_loopback(self._endpoint_url) and not (
@@ -367,7 +379,7 @@ class KinesisBus(EventBus):
             # An emulator accepts any credentials; without some, botocore would try the EC2
             # metadata service (169.254.169.254), an address outside this machine.
             kwargs = {"aws_access_key_id": "ctxplane-local", "aws_secret_access_key": "ctxplane-local"}
-        config = Config(
+        config = AioConfig(
             connect_timeout=self._connect_timeout_s,
             read_timeout=self._read_timeout_s,
             # One retry policy (ours, below), not two stacked ones.
@@ -404,36 +416,53 @@ class KinesisBus(EventBus):
             botocore ClientError: any other service error (the caller classifies it).
         """
         client = await self._get_client()
+        retry = self._retry()
+        while True:
+            try:
+                return await self._attempt(client, operation, **kwargs)
+            except _Transient as failure:
+                await self._back_off(retry, operation, what, failure.reason)
+
+    async def _attempt(self, client: Any, operation: str, **kwargs: Any) -> Any:
+        """One call of ``client.<operation>(**kwargs)``.
+
+        Raises:
+            _Transient: throttled, a server error (not for GetRecords, whose 5xx the caller
+                handles: moto answers a bad iterator so), or the endpoint unreachable.
+            BusError: no credentials or region (the message names what is missing, never a value).
+            botocore ClientError: any other service error.
+        """
         assert self._errors is not None
         client_errors, transport_errors, credential_errors = self._errors
-        delay = _BACKOFF_INITIAL_S
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            try:
-                return await getattr(client, operation)(**kwargs)
-            except credential_errors as exc:
-                # The message names what is missing, never a value.
-                raise BusError(f"kinesis {operation}: {exc} (set AWS credentials / region, or bus.region)") from None
-            except client_errors as exc:
-                code = _error_code(exc)
-                status = _http_status(exc) or 0
-                if code in _THROTTLED:
-                    reason = f"throttled ({code})"
-                elif (code in _TRANSIENT_CODES or status >= 500) and operation != "get_records":
-                    # GetRecords 5xx is handled by the caller: moto answers a bad iterator so.
-                    reason = f"server error ({code})"
-                else:
-                    raise
-            except transport_errors as exc:
-                reason = f"unreachable ({type(exc).__name__})"
-            if attempt == _MAX_ATTEMPTS:
-                raise BusUnavailable(f"kinesis {operation} for {what} failed {attempt} times: {reason}")
-            # Full jitter: spreads the retries of every shard throttled at the same moment.
-            pause = self._rng.uniform(0, delay)
-            log.warning("kinesis call backing off", operation=operation, target=what, reason=reason,
-                        attempt=attempt, retry_in_s=round(pause, 3))
-            await anyio.sleep(pause)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await getattr(client, operation)(**kwargs)
+        except credential_errors as exc:
+            raise BusError(f"kinesis {operation}: {exc} (set AWS credentials / region, or bus.region)") from None
+        except client_errors as exc:
+            code = _error_code(exc)
+            if code in _THROTTLED:
+                raise _Transient(f"throttled ({code})") from None
+            if (code in _TRANSIENT_CODES or (_http_status(exc) or 0) >= 500) and operation != "get_records":
+                raise _Transient(f"server error ({code})") from None
+            raise
+        except transport_errors as exc:
+            raise _Transient(f"unreachable ({type(exc).__name__})") from None
+
+    def _retry(self) -> Retry:
+        return Retry(_RETRY, attempts=_MAX_ATTEMPTS, rng=self._rng)
+
+    async def _back_off(self, retry: Retry, operation: str, what: str, reason: str) -> None:
+        """After a failed attempt: wait the backoff, or raise when it was the last.
+
+        Raises:
+            BusUnavailable: ``retry`` is exhausted.
+        """
+        pause = retry.failed()
+        if retry.exhausted:
+            raise BusUnavailable(f"kinesis {operation} for {what} failed {retry.failures} times: {reason}")
+        log.warning("kinesis call backing off", operation=operation, target=what, reason=reason,
+                    attempt=retry.failures, retry_in_s=round(pause, 3))
+        await anyio.sleep(pause)
 
     # -- shards ---------------------------------------------------------------------------------
 
@@ -446,8 +475,8 @@ class KinesisBus(EventBus):
         assert self._errors is not None
         client_errors, transport_errors, credential_errors = self._errors
         found: dict[int, ShardInfo] = {}
-        delay = _BACKOFF_INITIAL_S
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
+        retry = self._retry()
+        while True:
             try:
                 found = {}
                 paginator = client.get_paginator("list_shards")
@@ -469,10 +498,7 @@ class KinesisBus(EventBus):
                 reason = f"error {code}"
             except transport_errors as exc:
                 reason = f"unreachable ({type(exc).__name__})"
-            if attempt == _MAX_ATTEMPTS:
-                raise BusUnavailable(f"kinesis ListShards for stream {stream} failed {attempt} times: {reason}")
-            await anyio.sleep(self._rng.uniform(0, delay))
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+            await self._back_off(retry, "ListShards", f"stream {stream}", reason)
         self._shards[stream] = found
         self._known_streams.add(stream)
         return dict(found)
@@ -750,10 +776,16 @@ class KinesisBus(EventBus):
 
     async def _put_chunk(self, topic: str, stream: str, chunk: list[dict[str, Any]], start: int,
                          refs: list[BusRef | None]) -> None:
+        # One budget of attempts for the chunk: a failed call and partly refused records both spend it.
+        client = await self._get_client()
+        retry = self._retry()
         todo = list(range(len(chunk)))
-        delay = _BACKOFF_INITIAL_S
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            answer = await self._call("put_records", what=stream, StreamName=stream, Records=[chunk[i] for i in todo])
+        while True:
+            try:
+                answer = await self._attempt(client, "put_records", StreamName=stream, Records=[chunk[i] for i in todo])
+            except _Transient as failure:
+                await self._back_off(retry, "put_records", stream, failure.reason)
+                continue
             failed = []
             for index, result in zip(todo, answer["Records"], strict=True):
                 if result.get("ErrorCode"):
@@ -765,10 +797,11 @@ class KinesisBus(EventBus):
             if not failed:
                 return
             todo = failed
-            if attempt < _MAX_ATTEMPTS:
-                await anyio.sleep(self._rng.uniform(0, delay))
-                delay = min(delay * 2, _BACKOFF_MAX_S)
-        raise BusError(f"kinesis PutRecords to {stream}: {len(todo)} records still refused after {_MAX_ATTEMPTS} attempts")
+            pause = retry.failed()
+            if retry.exhausted:
+                raise BusError(
+                    f"kinesis PutRecords to {stream}: {len(todo)} records still refused after {retry.failures} attempts")
+            await anyio.sleep(pause)
 
     async def _ensure_stream(self, topic: str, stream: str, partitions: int) -> None:
         if not await self.shards(topic):

@@ -4,7 +4,8 @@ The vocabulary is OTP's (and Akka's): restart types PERMANENT / TRANSIENT / TEMP
 ONE_FOR_ONE / ONE_FOR_ALL / REST_FOR_ONE, a restart *intensity* (more than ``max_restarts`` restarts
 within ``period`` seconds makes the supervisor stop all children and raise
 :class:`SupervisorEscalation` to its parent), plus Akka-style exponential backoff with jitter
-between a crash and the restart.
+between a crash and the restart. This module is the running loop; the child specs (restart types,
+strategies) are ``runtime/kernel/children.py``, the intensity and backoff ``runtime/kernel/restarts.py``.
 
 Theory of operation
 -------------------
@@ -28,11 +29,10 @@ instead cancels every child at once - structured concurrency, nothing outlives t
 from __future__ import annotations
 
 import dataclasses
-import enum
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TypeAlias, final
+from collections.abc import Sequence
+from typing import final
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -43,134 +43,15 @@ from ctxplane.runtime.exceptions import (
     SupervisorStopped,
 )
 from ctxplane.runtime.kernel.actor import Actor, Registry, _Incarnation, serve_actor
+from ctxplane.runtime.kernel.children import ChildSpec, Restart, Strategy
 from ctxplane.runtime.kernel.lifecycle import ActorState, Lifecycle, LifecycleEvent
 from ctxplane.runtime.kernel.observer import KernelObserver
+from ctxplane.runtime.kernel.restarts import Backoff, Intensity, RestartWindow, Retry
 
 __all__ = (
-    "Backoff",
-    "ChildSpec",
-    "Intensity",
-    "Restart",
-    "Strategy",
     "Supervisor",
     "SupervisorStatistics",
 )
-
-
-class Restart(enum.Enum):
-    """When a child is restarted (OTP restart types)."""
-
-    PERMANENT = "permanent"  # always, even after a normal exit
-    TRANSIENT = "transient"  # only after an abnormal exit (an exception)
-    TEMPORARY = "temporary"  # never; the child is removed once it exits or is stopped
-
-
-class Strategy(enum.Enum):
-    """Which children restart when one fails (OTP strategies)."""
-
-    ONE_FOR_ONE = "one_for_one"  # only the failed child
-    ONE_FOR_ALL = "one_for_all"  # every child
-    REST_FOR_ONE = "rest_for_one"  # the failed child and every child started after it
-
-
-ChildFactory: TypeAlias = "Callable[[], Actor | Supervisor]"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChildSpec:
-    """How to start and stop one child.
-
-    Attributes:
-        name: unique among the supervisor's children; an actor child registers under it.
-        factory: returns a *new* Actor or Supervisor for each (re)start.
-        mailbox_capacity: required for actors (bounded mailboxes only); ignored for supervisors.
-        restart: when the child is restarted.
-        shutdown_timeout: seconds a graceful stop may take before the child is cancelled.
-    """
-
-    name: str
-    factory: ChildFactory
-    mailbox_capacity: int | None = None
-    restart: Restart = Restart.PERMANENT
-    shutdown_timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("ChildSpec.name must be a non-empty string")
-        if self.mailbox_capacity is not None and (
-            isinstance(self.mailbox_capacity, bool)
-            or not isinstance(self.mailbox_capacity, int)
-            or self.mailbox_capacity < 1
-        ):
-            raise ValueError(
-                f"child {self.name!r}: mailbox_capacity must be an int >= 1, "
-                f"got {self.mailbox_capacity!r}"
-            )
-        if not self.shutdown_timeout > 0:
-            raise ValueError(
-                f"child {self.name!r}: shutdown_timeout must be > 0, got {self.shutdown_timeout!r}"
-            )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Intensity:
-    """More than ``max_restarts`` restarts within ``period`` seconds means escalate (OTP)."""
-
-    max_restarts: int = 3
-    period: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.max_restarts < 0 or not self.period > 0:
-            raise ValueError(
-                f"Intensity needs max_restarts >= 0 and period > 0, got {self.max_restarts!r}, "
-                f"{self.period!r}"
-            )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter between a failure and the restart.
-
-    The defaults start fast (50 ms: most crashes are one bad message) and cap at 5 s, so a DB
-    outage produces a slow, steady retry rather than a restart storm. ``jitter`` spreads the
-    restarts of many partition actors that failed together. A child that stayed up for
-    ``reset_after`` seconds starts again from ``initial``.
-    """
-
-    initial: float = 0.05
-    maximum: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-    reset_after: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.initial <= self.maximum and self.multiplier >= 1):
-            raise ValueError(
-                "Backoff needs 0 <= initial <= maximum and multiplier >= 1, got "
-                f"initial={self.initial!r} maximum={self.maximum!r} multiplier={self.multiplier!r}"
-            )
-        if not (0 <= self.jitter < 1 and self.reset_after >= 0):
-            raise ValueError(
-                f"Backoff needs 0 <= jitter < 1 and reset_after >= 0, got jitter={self.jitter!r} "
-                f"reset_after={self.reset_after!r}"
-            )
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before restart number ``attempt`` (0 = first since the last reset).
-
-        ``initial * multiplier**attempt``, scaled by a uniform factor in ``[1 - jitter,
-        1 + jitter]``, never above ``maximum``. Pure: the only randomness comes from ``rng``.
-
-        Raises:
-            ValueError: ``attempt`` is negative.
-        """
-        if attempt < 0:
-            raise ValueError(f"attempt must be >= 0, got {attempt}")
-        try:
-            base = min(self.initial * self.multiplier**attempt, self.maximum)
-        except OverflowError:  # multiplier**attempt beyond float range: huge unless initial is 0
-            base = self.maximum if self.initial > 0 else 0.0
-        return min(base * (1 + rng.uniform(-self.jitter, self.jitter)), self.maximum)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,13 +105,13 @@ class _Run:
 class _Child:
     """A child spec plus its supervision state. Invariant: ``run`` is None or not yet handled."""
 
-    __slots__ = ("attempt", "is_actor", "restarts", "run", "spec")
+    __slots__ = ("is_actor", "restarts", "retry", "run", "spec")
 
-    def __init__(self, spec: ChildSpec) -> None:
+    def __init__(self, spec: ChildSpec, retry: Retry) -> None:
         self.spec = spec
         self.is_actor = spec.mailbox_capacity is not None  # confirmed by each start
         self.run: _Run | None = None
-        self.attempt = 0  # backoff attempt, reset after the child stayed up reset_after seconds
+        self.retry = retry  # its backoff; reset after the child stayed up backoff.reset_after seconds
         self.restarts = 0
 
 
@@ -290,8 +171,8 @@ class Supervisor:
         self.backoff = backoff
         self.observer = observer
         self._rng = rng if rng is not None else random.Random()
-        self._children = [_Child(spec) for spec in children]
-        self._restart_times: deque[float] = deque()
+        self._children = [self._child(spec) for spec in children]
+        self._restarts = RestartWindow(intensity)
         # Invariant: at most one pending exit per child run, so this stays bounded by the
         # number of children.
         self._exits: deque[tuple[_Child, _Run, BaseException | None]] = deque()
@@ -379,7 +260,7 @@ class Supervisor:
                 raise SupervisorStopped(f"supervisor {self.name!r} is not running")
             if any(c.spec.name == spec.name for c in self._children):
                 raise ActorNameTaken(f"supervisor {self.name!r} already has a child {spec.name!r}")
-            child = _Child(spec)
+            child = self._child(spec)
             try:
                 await self._start_once(child)
             except _StartFailed as failure:
@@ -462,10 +343,7 @@ class Supervisor:
                 self._children.remove(sibling)
         group = [c for c in group if c in self._children]
         # Step 4: back off, then start the group again in start order.
-        if up_for >= self.backoff.reset_after:
-            child.attempt = 0
-        delay = self.backoff.delay(child.attempt, self._rng)
-        child.attempt += 1
+        delay = child.retry.failed(up_for=up_for)
         for member in group:
             self._count_restart(member, outcome if member is child else None, delay)
         if await self._sleep_unless_stopped(delay):
@@ -490,8 +368,7 @@ class Supervisor:
                     self._children.remove(child)
                     return
                 self._charge(child, failure.cause)
-                delay = self.backoff.delay(child.attempt, self._rng)
-                child.attempt += 1
+                delay = child.retry.failed()
                 self._count_restart(child, failure.cause, delay)
                 if await self._sleep_unless_stopped(delay):
                     return
@@ -583,20 +460,18 @@ class Supervisor:
 
     # -- bookkeeping --------------------------------------------------------------------------
 
+    def _child(self, spec: ChildSpec) -> _Child:
+        return _Child(spec, Retry(self.backoff, rng=self._rng))
+
     def _charge(self, child: _Child, reason: BaseException | None) -> None:
         """Record one restart in the intensity window; escalate when it overflows.
 
         Raises:
             _GiveUp: more than ``max_restarts`` restarts within ``period`` seconds.
         """
-        now = anyio.current_time()
-        times = self._restart_times
-        times.append(now)
-        while now - times[0] > self.intensity.period:
-            times.popleft()
-        if len(times) > self.intensity.max_restarts:
+        if self._restarts.charge(anyio.current_time()):
             error = SupervisorEscalation(
-                f"supervisor {self.name!r} gave up: {len(times)} restarts within "
+                f"supervisor {self.name!r} gave up: {len(self._restarts)} restarts within "
                 f"{self.intensity.period}s exceed max_restarts={self.intensity.max_restarts}; "
                 f"last failure in child {child.spec.name!r}: {reason!r}"
             )

@@ -43,7 +43,7 @@ only counts the events as duplicates.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -112,7 +112,11 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
 )
 
 
-class _Connection(asyncpg.Connection):  # type: ignore[misc]
+# The transaction isolation levels the programs run at (asyncpg's names).
+_Isolation = Literal["read_committed", "repeatable_read"]
+
+
+class _Connection(asyncpg.Connection):
     """An asyncpg connection that remembers which staging tables exist in its session."""
 
     __slots__ = ("staging_tables",)
@@ -232,7 +236,7 @@ class PostgresStore(StoreBackend):
 
     # -- internals -----------------------------------------------------------------------------
 
-    async def _run(self, program: Program[T], *, isolation: str, readonly: bool) -> T:
+    async def _run(self, program: Program[T], *, isolation: _Isolation, readonly: bool) -> T:
         pool = self._pool
         if pool is None or self._closed:
             program.close()
@@ -259,7 +263,7 @@ class PostgresStore(StoreBackend):
         return result
 
     async def _begin(
-        self, pool: asyncpg.Pool, *, isolation: str, readonly: bool, program: Program[Any]
+        self, pool: asyncpg.Pool, *, isolation: _Isolation, readonly: bool, program: Program[Any]
     ) -> tuple[Any, Any]:
         for attempt in (1, 2):
             conn = None
@@ -416,4 +420,4 @@ async def open_postgres(settings: StoreSettings, *, read_timeout_s: float | None
         StoreUnavailable: the server cannot be reached (the message carries no password).
         StoreError: the server refused the connection for a reason a retry will not fix.
     """
-    return await PostgresStore(settings.dsn, timeout_s=settings.busy_timeout_s, read_timeout_s=read_timeout_s).open()
+    return await PostgresStore(settings.dsn.get_secret_value(), timeout_s=settings.busy_timeout_s, read_timeout_s=read_timeout_s).open()

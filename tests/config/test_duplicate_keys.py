@@ -24,3 +24,19 @@ def test_the_same_key_in_two_sections_is_fine_and_merge_keys_still_work() -> Non
     with pytest.raises(YAMLError):
         load_yaml("a: 1\na: 2\n")
 
+
+
+def test_a_key_written_twice_in_a_health_policy_or_a_replay_manifest_is_refused(tmp_path: Path) -> None:
+    from ctxplane.actors.operate.replay import load_manifest
+    from ctxplane.contracts.health import default_health_policy_path, load_health_policy
+    from ctxplane.runtime.exceptions import UsageError
+
+    shipped = default_health_policy_path().read_text(encoding="utf-8")
+    policy = tmp_path / "health.yaml"
+    policy.write_text(shipped + "\nwindow_s: 60\nwindow_s: 120\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"health policy .*health.yaml: invalid YAML at line \d+, column 1: duplicate key 'window_s'$"):
+        load_health_policy(policy, env={})
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text("topics: [{topic: t, partitions: [{partition: 0, to_offset: 4}]}]\ntopics: []\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"manifest.yaml: invalid YAML/JSON at line 2: duplicate key 'topics'"):
+        load_manifest(manifest)

@@ -58,3 +58,20 @@ def test_loopback_tcp_and_a_token_are_both_accepted() -> None:
     assert load_settings(None, env={"CTXPLANE__QUERY__LISTEN": "tcp://127.0.0.1:7461"}).query.auth_token is None
     exposed = load_settings(None, env={"CTXPLANE__QUERY__LISTEN": "tcp://0.0.0.0:7461", "CTXPLANE__QUERY__AUTH_TOKEN": "t0k"})
     assert exposed.query.listen == "tcp://0.0.0.0:7461"
+
+
+def test_the_dsn_and_the_token_are_secrets_in_every_dump_but_the_worker_handoff() -> None:
+    from ctxplane.config.settings import REVEAL_SECRETS, secret_value
+
+    settings = load_settings(None, env={"CTXPLANE__STORE__DSN": "postgresql://u:Pw-Dsn-Secret@127.0.0.1:5432/d",
+                                        "CTXPLANE__QUERY__AUTH_TOKEN": "tok-Secret-1"})
+    for shown in (repr(settings), str(settings), settings.model_dump_json(), repr(settings.model_dump())):
+        assert "Pw-Dsn-Secret" not in shown and "tok-Secret-1" not in shown
+    dumped = settings.model_dump(mode="json")
+    assert dumped["store"]["dsn"] == "postgresql://u:***@127.0.0.1:5432/d" == settings.store.redacted_dsn
+    assert dumped["query"]["auth_token"] == "***"
+    # Unwrapped where used; the settings a process hands its own query workers carry them whole.
+    assert secret_value(settings.query.auth_token) == "tok-Secret-1"
+    handed = settings.model_dump(mode="json", context=REVEAL_SECRETS)
+    assert handed["store"]["dsn"] == "postgresql://u:Pw-Dsn-Secret@127.0.0.1:5432/d"
+    assert type(settings).model_validate({k: v for k, v in handed.items()}) == settings

@@ -236,6 +236,30 @@ async def test_throttling_backs_off_with_jitter_then_succeeds(monkeypatch: pytes
             await bus.read(TOPIC, 0, got.next_position, 10, 1 << 20)
 
 
+async def test_put_records_spends_one_budget_of_attempts_not_a_retry_inside_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_sleep = anyio.sleep
+
+    async def no_wait(delay: float) -> None:
+        await real_sleep(0)
+
+    class Refusing(FakeKinesis):
+        async def put_records(self, StreamName: str, Records: Any) -> dict[str, Any]:  # noqa: N803
+            await super().put_records(StreamName, Records)
+            return {"FailedRecordCount": len(Records),
+                    "Records": [{"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}
+                                for _ in Records]}
+
+    monkeypatch.setattr(anyio, "sleep", no_wait)
+    fake = Refusing()
+    async with _fake_bus(fake, reads_per_second=1e6) as bus:
+        await bus.create_topic(TOPIC, 1)
+        fake.calls.clear()
+        fake.fail["put_records"] = ["ProvisionedThroughputExceededException"] * 3  # the call itself, then refusals
+        with pytest.raises(BusError, match="2 records still refused after 8 attempts"):
+            await bus.publish_many(TOPIC, [("k", _env(i)) for i in range(2)])
+        assert [op for op, _ in fake.calls].count("put_records") == 8  # not 3 + 7 (or up to 8 x 8)
+
+
 async def test_get_records_on_one_shard_are_paced() -> None:
     fake = FakeKinesis()
     async with _fake_bus(fake, reads_per_second=20) as bus:  # 50 ms apart (Kinesis: 5/s, 200 ms)
