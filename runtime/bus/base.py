@@ -24,7 +24,10 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
+
+if TYPE_CHECKING:
+    from ctxplane.runtime.bus.changes import ChangeFeed
 
 __all__ = (
     "START_POSITIONS",
@@ -202,6 +205,11 @@ class EventBus(abc.ABC):
     def lag(self, position: str, end: str) -> int | None:
         """Records between ``position`` and ``end`` (both exclusive-next), or ``None`` when the
         bus's positions are not contiguous counts (Kinesis sequence numbers)."""
+        return None
+
+    def change_feed(self, topics: Sequence[str]) -> ChangeFeed | None:
+        """A feed of the partitions of ``topics`` that may have new records (a hint that wakes idle
+        readers at once), or ``None`` when this bus has none and readers poll. The caller closes it."""
         return None
 
     def behind_latest_ms(self, topic: str, partition: int) -> int | None:
