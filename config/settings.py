@@ -244,8 +244,11 @@ class IngestSettings(_Section):
     batch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # ApplyBatches a partition actor may have unacknowledged (the in-flight window K).
     inflight_batches: int = Field(default=2, ge=1)
-    # How often an idle partition actor looks for new records.
+    # How soon an idle partition actor looks for new records again; each empty look doubles the wait,
+    # up to idle_poll_max_ms, and records found reset it. On the file bus an inotify change
+    # notification wakes it at once, so the ceiling only bounds what a missed notification costs.
     poll_interval_ms: int = Field(default=50, ge=1)
+    idle_poll_max_ms: int = Field(default=1000, ge=1)
     # Upper bound on records folded into one group commit.
     group_commit_max_records: int = Field(default=20000, ge=1)
     store_writer_mailbox: int = Field(default=16, ge=1)

@@ -2,9 +2,15 @@
 # Start a throwaway PostgreSQL server on loopback for tests and local runs.
 #
 # Usage:  eval "$(ops/pg_up.sh)"   ...   ops/pg_down.sh
+#         eval "$(ops/pg_up.sh --export-dsn)"   # also CTXPLANE__STORE__DSN, for the postgres profile
 #
 # Prints only `export ...` lines on stdout (everything else goes to stderr), so `eval` picks up:
 #   PGBIN  PGROOT  PGPORT  CTXPLANE_TEST_PG_DSN=postgresql://postgres@127.0.0.1:$PGPORT/postgres
+# and, with --export-dsn, CTXPLANE__STORE__DSN=postgresql://postgres@127.0.0.1:$PGPORT/ctxplane: the
+# DSN of config/profiles/postgres.yaml on the port actually chosen (the profile names 55432). Not by
+# default: exported, it overrides the store of every `ctxplane` command of that shell, whatever its
+# --config (the test suite runs SQLite profiles beside PostgreSQL ones). Without it, the line to
+# paste is printed on stderr.
 # The data directory is a fresh temp dir (deleted by ops/pg_down.sh). The server listens on
 # 127.0.0.1 only, trusts local connections, and creates the `ctxplane` database that
 # config/profiles/postgres.yaml names.
@@ -16,6 +22,13 @@
 # which is what the drills do); synchronous_commit stays ON, because with it off a crashed server
 # loses commits it already acknowledged and crash tests would see phantom data loss.
 set -euo pipefail
+
+export_dsn=0
+case "${1:-}" in
+  "") ;;
+  --export-dsn) export_dsn=1 ;;
+  *) echo "pg_up: unknown argument ${1} (usage: ops/pg_up.sh [--export-dsn])" >&2; exit 2 ;;
+esac
 
 port_busy() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -80,3 +93,9 @@ echo "export PGBIN=$PGBIN"
 echo "export PGROOT=$PGROOT"
 echo "export PGPORT=$PGPORT"
 echo "export CTXPLANE_TEST_PG_DSN=postgresql://postgres@127.0.0.1:$PGPORT/postgres"
+profile_dsn="postgresql://postgres@127.0.0.1:$PGPORT/ctxplane"
+if (( export_dsn )); then
+  echo "export CTXPLANE__STORE__DSN=$profile_dsn"
+else
+  echo "pg_up: for config/profiles/postgres.yaml (it names 127.0.0.1:55432): export CTXPLANE__STORE__DSN=$profile_dsn" >&2
+fi

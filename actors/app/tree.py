@@ -5,6 +5,7 @@
     ├── checkpoint          committed offsets, watermarks, lag per partition
     ├── query               owns the socket; supervises the query worker processes, relays Committed to them
     ├── partitions (one_for_one)
+    │   ├── bus-watcher     wakes idle partition actors when their partition changes (file bus: inotify)
     │   ├── discovery       starts partition actors for partitions that appear later
     │   └── partition:<topic>:<n> × N
     ├── health              GREEN / AMBER / RED
@@ -20,6 +21,7 @@ import anyio
 import structlog
 
 from ctxplane.actors.drills.controller import DRILLS, DrillGate, drill_controller_spec
+from ctxplane.actors.ingest.bus_watch import BUS_WATCHER, BusWatcher
 from ctxplane.actors.ingest.checkpoint import CheckpointActor
 from ctxplane.actors.ingest.leases import ASSIGNER, assigner_spec, assignment_mode
 from ctxplane.actors.ingest.partition import (
@@ -81,7 +83,7 @@ def _partition_spec(
         plane=Plane(plane), scope=app.scope, topic=topic, partition=partition,
         batch_max_records=s.ingest.batch_max_records, batch_max_bytes=s.ingest.batch_max_bytes,
         inflight_batches=s.ingest.inflight_batches, poll_interval_s=s.ingest.poll_interval_ms / 1000,
-        allowed_lateness_us=int(lateness * 1_000_000),
+        allowed_lateness_us=int(lateness * 1_000_000), idle_poll_max_s=s.ingest.idle_poll_max_ms / 1000,
     )
     return ChildSpec(
         name=partition_name(topic, partition),
@@ -134,14 +136,16 @@ class DiscoveryActor(Actor):
 def _partitions_supervisor(app: AppContext) -> Supervisor:
     holder: list[Supervisor] = []
     mode = assignment_mode(app.settings)
+    watcher = ChildSpec(BUS_WATCHER, lambda: BusWatcher(bus=app.bus, topics=tuple(app.settings.topics()),
+                                                        registry=app.registry), mailbox_capacity=4)
     if mode != "static":
         # Kinesis or leases: the assigner starts/stops partition actors (lineage gating, leases).
         children = [assigner_spec(
             mode=mode, app=app, supervisor=lambda: holder[0], writer=app.registry.ref(STORE_WRITER),
             spec_for=lambda topic, partition, plane, writer: _partition_spec(app, topic, partition, plane, writer),
-        )]
+        ), watcher]
     else:
-        children = [ChildSpec(name="discovery", factory=lambda: DiscoveryActor(app, lambda: holder[0]), mailbox_capacity=4)]
+        children = [watcher, ChildSpec(name="discovery", factory=lambda: DiscoveryActor(app, lambda: holder[0]), mailbox_capacity=4)]
         children += [_partition_spec(app, topic, partition, plane) for (topic, partition), plane in sorted(app.partitions.items())]
     sup = Supervisor(
         "partitions", children, strategy=Strategy.ONE_FOR_ONE, registry=app.registry,
@@ -159,7 +163,7 @@ def known_restarts(app: AppContext) -> tuple[list[tuple[str, str]], list[str]]:
     root = [STORE_WRITER, CHECKPOINT, QUERY, "partitions", HEALTH] + ([DRILLS] if s.drills.enabled else [])
     first = ASSIGNER if assignment_mode(s) != "static" else "discovery"
     children = [("root", name) for name in root]
-    children += [("partitions", first)] + [("partitions", partition_name(t, p)) for t, p in sorted(app.partitions)]
+    children += [("partitions", first), ("partitions", BUS_WATCHER)] + [("partitions", partition_name(t, p)) for t, p in sorted(app.partitions)]
     children += [(QUERY, f"query-worker-{n}") for n in range(s.query.workers)]
     return children, ["root", "partitions"]
 

@@ -6,6 +6,8 @@ Protocol (architecture.md §Message protocols):
   ``tell``s one :class:`ApplyBatch` to the store-writer — waiting when that mailbox is full, which is
   how backpressure reaches the bus reader;
 - at most ``inflight_batches`` batches are unacknowledged; :class:`Applied` acks arrive in order;
+- when it finds nothing it waits for an ack, a stop, a :class:`~ctxplane.actors.ingest.wakeup.Wake`
+  from the bus watcher, or its back-off poll (``actors/ingest/wakeup.py``), then reads again;
 - on a graceful stop it stops reading and waits for its in-flight acks before returning, so a clean
   shutdown commits everything it read.
 It never moves its read position past what it can re-read after a crash: the committed checkpoint,
@@ -24,6 +26,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from ctxplane.actors.ingest.progress import IngestProgress
+from ctxplane.actors.ingest.wakeup import IdleBackoff
 from ctxplane.actors.tables.reads import checkpoints_program
 from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef
@@ -68,6 +71,8 @@ class PartitionConfig:
     inflight_batches: int
     poll_interval_s: float
     allowed_lateness_us: int
+    # An idle actor's wait doubles per empty read from poll_interval_s up to this (actors/ingest/wakeup.py).
+    idle_poll_max_s: float = 1.0
 
 
 class PartitionActor(Actor):
@@ -109,6 +114,7 @@ class PartitionActor(Actor):
         inflight: deque[int] = deque()
         seq = self._seq_base
         stopping = False
+        backoff = IdleBackoff(cfg.poll_interval_s, cfg.idle_poll_max_s)
         self._progress.register(key)
         while True:
             # Handle whatever already arrived (acks, stop) without waiting.
@@ -131,14 +137,15 @@ class PartitionActor(Actor):
             if len(inflight) < cfg.inflight_batches:
                 batch = await self._next_batch(ctx, seq)
                 if batch is not None:
+                    backoff.reset()
                     await self._writer.tell(batch)
                     inflight.append(seq)
                     seq += 1
                     continue
                 if not inflight:
                     self._progress.idle(key, self.position)
-                # Nothing to read: wait for an ack, a stop, or the next poll.
-                with anyio.move_on_after(cfg.poll_interval_s):
+                # Nothing to read: wait for an ack, a stop, a wake from the bus watcher, or the next poll.
+                with anyio.move_on_after(backoff.idle()):
                     stopping |= self._handle(ctx, await ctx.mailbox.get(), inflight)
                 continue
             # The in-flight window is full: wait for an ack.

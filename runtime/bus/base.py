@@ -24,7 +24,10 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
+
+if TYPE_CHECKING:
+    from ctxplane.runtime.bus.changes import ChangeFeed
 
 __all__ = (
     "START_POSITIONS",
@@ -233,6 +236,11 @@ class EventBus(abc.ABC):
         end = await self.end_position(topic, partition)
         lag = self.lag(position, end) if position is not None else None
         return Backlog(end=end, lag=lag, unread=None if lag is None else lag > 0)
+
+    def change_feed(self, topics: Sequence[str]) -> ChangeFeed | None:
+        """A feed of the partitions of ``topics`` that may have new records (a hint that wakes idle
+        readers at once), or ``None`` when this bus has none and readers poll. The caller closes it."""
+        return None
 
     def behind_latest_ms(self, topic: str, partition: int) -> int | None:
         """How far this process's reader of the partition is behind its newest record, in
