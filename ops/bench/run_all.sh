@@ -24,6 +24,7 @@ $PY ops/bench/ingest_bench.py --backend postgresql --planes join --flows "$flows
 $PY ops/bench/replay_bench.py --events $((flows * 10)) --runs "$runs" --ready-events "$ready"
 $PY ops/bench/memory_bench.py --events "$burst" --line-mb "$line"
 $PY ops/bench/query_bench.py "${query[@]}"
+$PY ops/bench/idle_bench.py
 $PY ops/bench/intake_bench.py
 $PY ops/bench/kernel_bench.py
 $PY ops/bench/summary.py
