@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,3 +110,5 @@ class AppContext:
     query_counts: Counter[str] = field(default_factory=Counter)  # join_misses, missing_features, ...
     health_policy: HealthPolicy | None = None
     supervisors: dict[str, Supervisor] = field(default_factory=dict)  # current root / partitions (drills)
+    # Called with each group commit's ApplyOutcome after it committed (run --once's progress report).
+    commit_listeners: list[Callable[[Any], None]] = field(default_factory=list)

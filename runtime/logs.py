@@ -16,6 +16,17 @@ from ctxplane.config.settings import LoggingSettings
 __all__ = ("configure_logging",)
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at each write: a live progress display on a terminal replaces it
+    with a proxy that prints log lines above the display (actors/operate/reporting.py)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(settings: LoggingSettings, *, stream: object = None) -> None:
     level = getattr(logging, settings.level.upper())
     renderer: structlog.typing.Processor = (
@@ -30,6 +41,6 @@ def configure_logging(settings: LoggingSettings, *, stream: object = None) -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

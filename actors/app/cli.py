@@ -44,7 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.logging)
-    anyio.run(lambda: run_process(settings, once=args.once))
+    reporter = None
+    if args.once:
+        from ctxplane.actors.operate.reporting import WorkReporter
+
+        reporter = WorkReporter("run --once", settings.topics(), every_s=args.progress_every)
+    anyio.run(lambda: run_process(settings, once=args.once, reporter=reporter))
     return 0
 
 
@@ -254,6 +259,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ctxplane.actors.app.cli_replay import add_progress_option
+
     parser = _Parser(prog="ctxplane", description="Decision-time context plane: join and feature projections served over a socket.")
     parser.add_argument("--version", action="version", version=f"ctxplane {_version()}")
     sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
@@ -265,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = with_config("run", "start the supervisor")
-    p.add_argument("--once", action="store_true", help="drain every assigned partition, commit, exit 0")
+    p.add_argument("--once", action="store_true", help="drain every assigned partition, commit, exit 0; progress"
+                   " and a closing summary (applied, duplicates, rejected by reason, seconds) on stderr")
+    add_progress_option(p)
     p.set_defaults(func=cmd_run)
     with_config("migrate", "apply pending schema migrations").set_defaults(func=cmd_migrate)
     p = with_config("query", "send requests to the running query endpoint and print the answers "

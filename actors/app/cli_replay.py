@@ -30,6 +30,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--progress-every S`` of the long commands (``run --once``, ``replay``)."""
+    from ctxplane.actors.operate.reporting import DEFAULT_EVERY_S
+
+    parser.add_argument(
+        "--progress-every", type=_seconds, default=DEFAULT_EVERY_S, metavar="S",
+        help=f"when stderr is not a terminal, a structured progress log line at the start and every S seconds"
+             f" (default {DEFAULT_EVERY_S:g}); on a terminal a live line instead; 0: neither (the summary stays)",
+    )
+
+
 def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``replay`` and ``checkpoint`` (sub-commands ``rewind`` and ``manifest``) on the main
     CLI's sub-parsers. Each leaf parser sets ``func`` to its handler."""
@@ -45,6 +66,7 @@ def add_replay_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     )
     replay.add_argument("--config", required=True, metavar="FILE", help="deployment profile (YAML)")
     replay.add_argument("--manifest", required=True, metavar="FILE", help="replay manifest (YAML or JSON)")
+    add_progress_option(replay)
     replay.set_defaults(func=cmd_replay)
 
     checkpoint = subparsers.add_parser("checkpoint", help="rewind or reset checkpoints, or write a rebuild manifest")
@@ -136,15 +158,25 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """``replay``: validate the manifest (exit 2 on any mistake), apply it, print the one-line summary."""
-    from ctxplane.actors.operate.replay import load_manifest, replay
-    from ctxplane.runtime.signals import stop_on_signals
+    """``replay``: validate the manifest (exit 2 on any mistake), apply it, print the one-line summary
+    on stdout; progress and the structured summary go to stderr (``actors/operate/reporting.py``)."""
+    from ctxplane.actors.operate.replay import ReplayReport, load_manifest, replay
+    from ctxplane.actors.operate.reporting import WorkReporter
+    from ctxplane.runtime.signals import StopRequest, stop_on_signals
 
     settings = _settings(args)
     manifest = load_manifest(args.manifest)
+    reporter = WorkReporter("replay", settings.topics(), every_s=args.progress_every)
+
+    async def reported(stop: StopRequest) -> ReplayReport:
+        async with reporter.running():
+            report = await replay(settings, manifest, stop=stop, reporter=reporter)
+            reporter.note(replay_id=report.replay_id, basis_digest=report.basis_digest)
+            return report
+
     # SIGINT/SIGTERM: the group commit in progress finishes, the store and the lock are released,
     # and `Interrupted` exits 130/143 with one line saying where the replay stopped.
-    report = anyio.run(stop_on_signals, lambda stop: replay(settings, manifest, stop=stop))
+    report = anyio.run(stop_on_signals, reported)
     print(report.summary())
     return 0
 

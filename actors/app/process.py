@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.abc
 import orjson
 import structlog
 
-from ctxplane.actors.app.tree import build_root, known_restarts
+from ctxplane.actors.app.tree import CHECKPOINT, build_root, known_restarts
 from ctxplane.actors.ingest.progress import IngestProgress
+from ctxplane.actors.operate.reporting import WorkReporter
 from ctxplane.actors.resources import AppContext, open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.serve.metrics import Metrics
 from ctxplane.config.settings import Settings
@@ -111,8 +113,11 @@ def _warn_unread_planes(settings: Settings, partitions: dict[tuple[str, int], st
                     bus_root=str(settings.bus.root) if settings.bus.kind == "file" else None, **extra)
 
 
-async def run_process(settings: Settings, *, once: bool = False) -> None:
+async def run_process(settings: Settings, *, once: bool = False, reporter: WorkReporter | None = None) -> None:
     """Run the supervisor until SIGINT/SIGTERM (or, with ``once``, until every partition is drained).
+
+    ``reporter`` (``run --once``) is told every group commit, reports progress while the process
+    runs and writes the summary when it stops (``actors/operate/reporting.py``).
 
     Signals are watched from the first instant: a signal during start-up abandons the start-up
     cleanly; afterwards it triggers the graceful stop (stop reading, commit in-flight batches).
@@ -146,7 +151,7 @@ async def run_process(settings: Settings, *, once: bool = False) -> None:
                     startup.cancel()
 
         await tg.start(watch_signals)
-        await _run(settings, once=once, startup=startup, stop=stop, drained=drained)
+        await _run(settings, once=once, startup=startup, stop=stop, drained=drained, reporter=reporter)
         tg.cancel_scope.cancel()
     if once and signalled.requested and not (drained and drained[2]):
         assert signalled.signum is not None
@@ -157,8 +162,32 @@ async def run_process(settings: Settings, *, once: bool = False) -> None:
         ))
 
 
+async def _lag_by_plane(app: AppContext) -> dict[str, int | None]:
+    """Records on the bus not committed yet, per plane, as the checkpoint actor last saw the ends
+    (``None`` for a plane with a partition whose lag the bus cannot count, e.g. Kinesis)."""
+    snapshot: Any = await app.registry.ref(CHECKPOINT).ask("positions", timeout=2.0)
+    lag: dict[str, int | None] = {}
+    for p in snapshot["partitions"]:
+        before = lag.get(p["plane"], 0)
+        lag[p["plane"]] = None if before is None or p["lag"] is None else before + p["lag"]
+    return lag
+
+
+@asynccontextmanager
+async def _reporting(reporter: WorkReporter | None, app: AppContext) -> AsyncIterator[None]:
+    if reporter is None:
+        yield
+        return
+    progress = app.progress
+    async with reporter.running(lag=lambda: _lag_by_plane(app),
+                                drained=lambda: (progress.idle_count, progress.expected_count)):
+        yield
+        if not progress.all_idle:
+            reporter.incomplete()
+
+
 async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, stop: anyio.Event,
-               drained: list[int]) -> None:
+               drained: list[int], reporter: WorkReporter | None) -> None:
     async with AsyncExitStack() as stack:
         with startup:
             if settings.store.backend == "sqlite":
@@ -190,6 +219,8 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
             app.health_policy = load_health_policy(settings.health.policy)
 
             app.features = build_feature_plane(settings) if settings.features.enabled else None
+            if reporter is not None:
+                app.commit_listeners.append(reporter.committed)
             root = build_root(app)
             metrics.known_restarts(*known_restarts(app))
             metrics.build_info(
@@ -204,6 +235,8 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
             log.info("stopped before start-up completed")
             return
         async with anyio.create_task_group() as tg:
+            if reporter is not None:
+                reporter.start()  # partition actors read and commit from the moment the tree starts
             await tg.start(root.run)
             log.info("running", listen=settings.query.listen)
 
@@ -214,8 +247,9 @@ async def _run(settings: Settings, *, once: bool, startup: anyio.CancelScope, st
 
             if once:
                 tg.start_soon(until_drained)
-            await stop.wait()
-            await root.stop()
+            async with _reporting(reporter, app):  # the graceful stop commits too: reported
+                await stop.wait()
+                await root.stop()
             tg.cancel_scope.cancel()
         drained[:] = [app.progress.idle_count, app.progress.expected_count, int(app.progress.all_idle)]
         log.info("stopped")

@@ -183,6 +183,7 @@ def build_root(app: AppContext) -> Supervisor:
             subscribers=(registry.ref(CHECKPOINT), registry.ref(QUERY)),
             feature_plane=app.features,
             observer=app.observer,
+            listeners=app.commit_listeners,
         )
         return writer
 

@@ -91,6 +91,7 @@ class StoreWriter(Actor):
         subscribers: tuple[ActorRef, ...],
         feature_plane: Any = None,
         observer: Any = None,
+        listeners: Sequence[Callable[[ApplyOutcome], None]] = (),
     ) -> None:
         self.config = config
         self._open_store = open_store
@@ -99,6 +100,7 @@ class StoreWriter(Actor):
         self._features: FeatureWriter | None = feature_plane.writer if feature_plane is not None else None
         self._feature_watermark: int | None = None
         self._observer = observer
+        self._listeners = listeners
         self._store: StoreBackend | None = None
         self._commit_seq = 0
         self._writes: list[tuple[RunWrite, Reply]] = []
@@ -212,6 +214,8 @@ class StoreWriter(Actor):
         self._commit_seq += 1
         if self._observer is not None:
             self._observer.on_commit(batches, outcome, anyio.current_time() - started)
+        for listener in self._listeners:
+            listener(outcome)
         # Step 4: acknowledge, in order, only after the commit returned.
         for batch in batches:
             try:

@@ -64,6 +64,7 @@ from ctxplane.actors.ingest.apply import ApplyOutcome, apply_program
 from ctxplane.actors.ingest.isolate import write_isolating
 from ctxplane.actors.operate.checkpoint_audit import AuditEntry, audit_move
 from ctxplane.actors.operate.exclusive import exclusive_store
+from ctxplane.actors.operate.reporting import WorkReporter
 from ctxplane.actors.resources import open_bus, open_ready_store, scope_of, tune_gc_for_ingest
 from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.actors.tables.reads import basis_program, checkpoints_program
@@ -474,7 +475,8 @@ def _interrupted(stop: StopRequest, rid: str, *, groups: int, counts: Mapping[st
     ))
 
 
-async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequest | None = None) -> ReplayReport:
+async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequest | None = None,
+                 reporter: WorkReporter | None = None) -> ReplayReport:
     """Apply exactly the manifest's window to the configured store; record and return what it did.
 
     Args:
@@ -483,6 +485,8 @@ async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequ
         stop: when it is requested (SIGINT/SIGTERM, see ``ctxplane.runtime.signals``), the replay
             stops reading, lets the group commit in progress finish, closes the store and the bus,
             and raises :class:`Interrupted`.
+        reporter: told the window's size per plane and every group commit's outcome (progress and
+            the summary of ``ctxplane replay``, ``actors/operate/reporting.py``).
 
     Returns:
         The :class:`ReplayReport`; the store then holds the window's effects, its checkpoints moved
@@ -519,6 +523,11 @@ async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequ
         checkpoints = {(cp.topic, cp.partition): cp for cp in await store.read(checkpoints_program(scope))}
         windows = await _windows(settings, manifest, bus, checkpoints)
         held = {(scope, w.topic, w.partition): w.checkpoint for w in windows if not w.contiguous}
+        if reporter is not None:
+            planned: Counter[str] = Counter()
+            for w in windows:
+                planned[w.plane.value] += w.stop - w.start
+            reporter.plan(planned)
         if feature_plane is not None:
             from ctxplane.actors.tables.features import retention_meta_program
 
@@ -562,6 +571,8 @@ async def replay(settings: Settings, manifest: ReplayManifest, *, stop: StopRequ
                     outcome, _ = await write_isolating(store, lambda batches: replay_group_program(
                         batches, recorded_at=now_utc(), features=writer, held=held), group)
                     counts.update(outcome.counts)
+                    if reporter is not None:
+                        reporter.committed(outcome)
                     groups += 1
                     last = group[-1]
                     if stop.requested:
