@@ -30,6 +30,7 @@ import structlog
 
 from ctxplane.actors.ingest.apply import ApplyOutcome
 from ctxplane.contracts.reasons import Reason
+from ctxplane.runtime.exceptions import CtxplaneError
 
 __all__ = ("DEFAULT_EVERY_S", "LagSource", "WorkReporter", "human_summary")
 
@@ -219,7 +220,7 @@ class WorkReporter:
             if lag is not None:
                 try:
                     self._lag = dict(await lag())
-                except Exception as exc:  # noqa: BLE001 - a progress figure must never end the work
+                except CtxplaneError as exc:  # the checkpoint actor busy or restarting: a progress figure never ends the work
                     log.debug("lag unavailable for progress", error=str(exc))
             self._sample_drained()
             if self._live is not None:

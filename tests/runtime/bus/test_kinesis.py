@@ -240,7 +240,7 @@ async def test_put_records_spends_one_budget_of_attempts_not_a_retry_inside_a_re
     real_sleep = anyio.sleep
 
     async def no_wait(delay: float) -> None:
-        await real_sleep(0)
+        await real_sleep(0)  # sync-ok: the back-off's pause replaced by a bare yield to the loop
 
     class Refusing(FakeKinesis):
         async def put_records(self, StreamName: str, Records: Any) -> dict[str, Any]:  # noqa: N803
