@@ -35,7 +35,7 @@ else
 fi
 
 if ! "$PY" -c "import moto, flask, flask_cors" 2>/dev/null; then
-  echo "kinesis_up: moto/flask/flask-cors missing in $PY (pip install -e '.[test]')" >&2
+  echo "kinesis_up: moto/flask/flask-cors missing in $PY (pip install -e '.[server,test]')" >&2
   exit 1
 fi
 

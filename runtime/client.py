@@ -41,7 +41,7 @@ from ctxplane.runtime.client_calls import (
     _timeout_s,
     is_error,
 )
-from ctxplane.runtime.server import parse_listen
+from ctxplane.runtime.endpoint import parse_listen
 
 __all__ = ("AsyncClient", "Client", "Pins", "QueryEndpointUnavailable", "QueryError", "QueryTimeout", "is_error")
 

@@ -26,6 +26,7 @@ from anyio.abc import ByteStream, SocketListener, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ctxplane.config.settings import is_loopback
+from ctxplane.runtime.endpoint import parse_listen
 from ctxplane.runtime.exceptions import UsageError
 
 __all__ = (
@@ -104,14 +105,6 @@ log = structlog.get_logger("ctxplane.server")
 
 def error_response(code: str, detail: str, *, request_id: Any = None, retryable: bool = False) -> dict[str, Any]:
     return {"status": "ERROR", "code": code, "retryable": retryable, "detail": detail, "request_id": request_id}
-
-
-def parse_listen(listen: str) -> tuple[str, str, int]:
-    """``unix:PATH`` -> ("unix", PATH, 0); ``tcp://HOST:PORT`` -> ("tcp", HOST, PORT)."""
-    if listen.startswith("unix:"):
-        return "unix", listen[len("unix:") :], 0
-    host, _, port = listen[len("tcp://") :].rpartition(":")
-    return "tcp", host, int(port)
 
 
 class LineServer:

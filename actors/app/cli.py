@@ -333,6 +333,13 @@ def _version() -> str:
         return "unknown"
 
 
+# The top-level modules of the ``server`` extra (pyproject.toml) and what they pull in: a client-only
+# install (``pip install ctxplane``) lacks them, and a command that needs them says so.
+SERVER_MODULES = frozenset({
+    "asyncpg", "aioboto3", "aiobotocore", "boto3", "botocore", "structlog", "prometheus_client", "msgspec", "rich",
+})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if not arguments:
@@ -341,6 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(arguments)
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SERVER_MODULES:
+            raise
+        print(f"ctxplane: `ctxplane {arguments[0]}` needs the server install (module {exc.name} is missing):"
+              " pip install 'ctxplane[server]'", file=sys.stderr)
+        return 2
     except UsageError as exc:
         _say(exc)
         return 2

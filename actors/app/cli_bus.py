@@ -12,13 +12,15 @@ import argparse
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import orjson
 
-from ctxplane.runtime.bus import FileBus, partition_key_for
 from ctxplane.runtime.exceptions import BusError, CtxplaneError, UsageError
+
+if TYPE_CHECKING:
+    from ctxplane.runtime.bus import FileBus
 
 __all__ = (
     "add_bus_parser",
@@ -176,6 +178,8 @@ def parse_envelope_lines(
         UsageError: naming the 1-based line number, when a line is not JSON, not an object, or has
             no partition key. Nothing is published in that case.
     """
+    from ctxplane.runtime.bus import partition_key_for  # the bus adapters are a server install: imported on use
+
     items: list[tuple[str, Mapping[str, Any]]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -213,6 +217,7 @@ def cmd_bus_publish(args: argparse.Namespace) -> int:
     ``published N records to T (P partitions)``; on stderr, a warning when no plane reads T (with
     ``--root``: no plane of the default configuration)."""
     from ctxplane.actors.app.bus_topics import unread_warning
+    from ctxplane.runtime.bus import FileBus  # the bus adapters are a server install: imported on use
 
     if args.root is None:
         from ctxplane.config.settings import load_settings
@@ -272,6 +277,8 @@ def _warn(warning: str | None) -> None:
 def cmd_bus_create(args: argparse.Namespace) -> int:
     """``bus create``: create the topic's N partition files (Kinesis: a stream with N shards,
     waiting until it is active); a no-op if they already exist."""
+    from ctxplane.runtime.bus import FileBus  # the bus adapters are a server install: imported on use
+
     root, kinesis = _bus_location(args)
     if kinesis is not None:
         from ctxplane.actors.app.cli_bus_kinesis import create_on_kinesis
@@ -301,6 +308,8 @@ def cmd_bus_tail(args: argparse.Namespace) -> int:
     """``bus tail``: print ``PARTITION OFFSET RAW-LINE`` for up to ``--max`` records per partition,
     starting at ``--from-offset`` (default 0). Raw bytes that are not UTF-8 are shown with
     backslash escapes."""
+    from ctxplane.runtime.bus import FileBus  # the bus adapters are a server install: imported on use
+
     root = _file_bus_root(args)
     out = sys.stdout
 

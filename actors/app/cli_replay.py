@@ -40,14 +40,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+# The default of --progress-every. Not imported from actors/operate/reporting.py (which has the same
+# default for its own callers): building the parser must import nothing a client-only install lacks.
+PROGRESS_EVERY_S = 10.0
+
+
 def add_progress_option(parser: argparse.ArgumentParser) -> None:
     """``--progress-every S`` of the long commands (``run --once``, ``replay``)."""
-    from ctxplane.actors.operate.reporting import DEFAULT_EVERY_S
-
     parser.add_argument(
-        "--progress-every", type=_seconds, default=DEFAULT_EVERY_S, metavar="S",
+        "--progress-every", type=_seconds, default=PROGRESS_EVERY_S, metavar="S",
         help=f"when stderr is not a terminal, a structured progress log line at the start and every S seconds"
-             f" (default {DEFAULT_EVERY_S:g}); on a terminal a live line instead; 0: neither (the summary stays)",
+             f" (default {PROGRESS_EVERY_S:g}); on a terminal a live line instead; 0: neither (the summary stays)",
     )
 
 

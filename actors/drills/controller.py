@@ -49,6 +49,7 @@ from ctxplane.actors.ingest.store_writer import RunWrite, WriteResult
 from ctxplane.actors.operate.checkpoint_audit import AuditEntry
 from ctxplane.config.settings import QuerySettings, secret_value
 from ctxplane.contracts.timestamps import now_utc
+from ctxplane.runtime.endpoint import parse_listen
 from ctxplane.runtime.exceptions import (
     ActorFailed,
     ActorUnavailable,
@@ -58,7 +59,7 @@ from ctxplane.runtime.exceptions import (
 )
 from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, ChildSpec, Supervisor
 from ctxplane.runtime.kernel.faults import InjectFault
-from ctxplane.runtime.server import error_response, is_loopback, parse_listen
+from ctxplane.runtime.server import error_response, is_loopback
 
 if TYPE_CHECKING:
     from ctxplane.actors.resources import AppContext

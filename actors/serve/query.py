@@ -41,6 +41,7 @@ from ctxplane.actors.serve.worker import WorkerSpec
 from ctxplane.config.settings import REVEAL_SECRETS, LoggingSettings, QuerySettings, StoreSettings
 from ctxplane.contracts.messages import Committed
 from ctxplane.runtime.channel import Channel, channel_pair
+from ctxplane.runtime.endpoint import parse_listen
 from ctxplane.runtime.exceptions import (
     ActorUnavailable,
     AskTimeout,
@@ -50,7 +51,7 @@ from ctxplane.runtime.exceptions import (
     UsageError,
 )
 from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Backoff, Intensity, RestartWindow, Retry
-from ctxplane.runtime.server import bind_listener, parse_listen
+from ctxplane.runtime.server import bind_listener
 
 __all__ = ("QueryActor", "QueryWorkersFailing")
 
