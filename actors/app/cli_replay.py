@@ -5,7 +5,9 @@ The main CLI (``actors/app/cli.py``) calls :func:`add_replay_parser` on its sub-
 :class:`~runtime.exceptions.UsageError` (one line, exit 2); a refusal because a supervisor holds the
 SQLite lock, or a store failure, raises another :class:`~runtime.exceptions.CtxplaneError` (exit 1);
 SIGINT/SIGTERM during a replay raises :class:`~runtime.exceptions.Interrupted` (exit 130/143).
-The work itself lives in ``ctxplane.actors.operate.replay``; see its docstring for the semantics.
+The work itself lives in ``ctxplane.actors.operate``: ``replay`` (with ``replay_manifest`` and
+``replay_windows``), ``checkpoint_rewind`` and ``checkpoint_reset``; see their docstrings for the
+semantics.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay``: validate the manifest (exit 2 on any mistake), apply it, print the one-line summary
     on stdout; progress and the structured summary go to stderr (``actors/operate/reporting.py``)."""
-    from ctxplane.actors.operate.replay import ReplayReport, load_manifest, replay
+    from ctxplane.actors.operate.replay import ReplayReport, replay
+    from ctxplane.actors.operate.replay_manifest import load_manifest
     from ctxplane.actors.operate.reporting import WorkReporter
     from ctxplane.runtime.signals import StopRequest, stop_on_signals
 
@@ -186,7 +189,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint_rewind(args: argparse.Namespace) -> int:
     """``checkpoint rewind``: one audited transaction; prints what moved where."""
-    from ctxplane.actors.operate.replay import rewind_checkpoint
+    from ctxplane.actors.operate.checkpoint_rewind import rewind_checkpoint
 
     settings = _settings(args)
 
@@ -200,7 +203,7 @@ def cmd_checkpoint_rewind(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint_manifest(args: argparse.Namespace) -> int:
     """``checkpoint manifest``: the rebuild manifest for the store's current checkpoints, as JSON."""
-    from ctxplane.actors.operate.replay import manifest_for_checkpoints
+    from ctxplane.actors.operate.replay_manifest import manifest_for_checkpoints
 
     settings = _settings(args)
     manifest = anyio.run(manifest_for_checkpoints, settings)

@@ -1,4 +1,4 @@
-"""The drill controller: failure drills against a running supervisor (quality.md §Reliability).
+"""The drill controller: failure drills against a running supervisor (ops/RUNBOOK.md §2).
 
 ``ctxplane drill NAME`` (``actors/app/cli_drill.py``) drives each drill from outside, over the query
 socket; what it cannot do from outside — crash an actor, rewind a checkpoint *in the running
@@ -291,7 +291,7 @@ class DrillController(Actor):
 
     async def _rewind(self, command: DrillCommand) -> dict[str, Any]:
         """Stop, rewind, restart each selected partition; see the module docstring."""
-        from ctxplane.actors.operate.replay import (
+        from ctxplane.actors.operate.checkpoint_rewind import (
             rewind_program,  # the audited operator rewind, run in-process
         )
 

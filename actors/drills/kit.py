@@ -8,7 +8,7 @@ actor, rewind a live checkpoint). Its verdict is computed from figures gathered 
 - :class:`StoreFigures`: intake counters, dedupe size, ledger rows, the state and ledger digests
   and the checkpoints, all read in **one** store snapshot, so they describe one moment;
 - :func:`clean_pass_digests`: the "clean single pass" — a replay of exactly the live store's
-  basis into a fresh SQLite store (contracts.md §5 rebuild), whose digests the live ones must equal;
+  basis into a fresh SQLite store (a rebuild, docs/operations.md §Rebuild), whose digests the live ones must equal;
 - :class:`Endpoint`: requests that survive the endpoint restarting (a crash of the store-writer
   restarts the query actor too), with each answer's latency;
 - :func:`drill_workload`: fresh, valid events (a new seed per drill: nothing collides with what the
@@ -217,14 +217,15 @@ async def clean_pass_digests(settings: Settings, checkpoints: Sequence[Checkpoin
     """The (state, ledger) digests of a clean single pass over exactly ``checkpoints``' basis.
 
     Replays every consumed partition from offset 0 to its checkpoint into a fresh SQLite store in a
-    temporary directory (a rebuild, contracts.md §5) and digests it. Equal digests mean the live
+    temporary directory (a rebuild, docs/operations.md §Rebuild) and digests it. Equal digests mean the live
     store holds exactly what one clean pass over the same records gives: nothing lost, nothing
     applied twice, no stray ledger row.
 
     Raises:
         UsageError: the checkpoints are not file-bus offsets (rebuild supports the file bus only).
     """
-    from ctxplane.actors.operate.replay import ReplayManifest, replay
+    from ctxplane.actors.operate.replay import replay
+    from ctxplane.actors.operate.replay_manifest import ReplayManifest
 
     planes = settings.topics()
     topics: dict[str, list[dict[str, int]]] = {}

@@ -9,14 +9,14 @@ import orjson
 import pytest
 
 from ctxplane.actors.ingest.apply import apply_program
+from ctxplane.actors.operate.checkpoint_rewind import rewind_checkpoint
 from ctxplane.actors.operate.digest import state_digest_program
-from ctxplane.actors.operate.replay import (
+from ctxplane.actors.operate.replay import replay
+from ctxplane.actors.operate.replay_manifest import (
     ReplayManifest,
     load_manifest,
     manifest_for_checkpoints,
-    replay,
     replay_id,
-    rewind_checkpoint,
 )
 from ctxplane.config.settings import Settings, load_settings
 from ctxplane.runtime.bus import FileBus, partition_key_for

@@ -27,7 +27,7 @@ def test_the_same_key_in_two_sections_is_fine_and_merge_keys_still_work() -> Non
 
 
 def test_a_key_written_twice_in_a_health_policy_or_a_replay_manifest_is_refused(tmp_path: Path) -> None:
-    from ctxplane.actors.operate.replay import load_manifest
+    from ctxplane.actors.operate.replay_manifest import load_manifest
     from ctxplane.contracts.health import default_health_policy_path, load_health_policy
     from ctxplane.runtime.exceptions import UsageError
 
