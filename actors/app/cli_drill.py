@@ -4,8 +4,9 @@ The main CLI (``actors/app/cli.py``) calls :func:`add_drill_parser` on its sub-p
 ``args.func(args)``. Each drill prints a verdict line (``drill NAME: PASS`` or ``FAIL`` naming the
 failed checks), one line of figures, and one line per check; ``--json`` prints the same as JSON.
 Exit codes: 0 PASS; 1 FAIL or a runtime failure; 2 bad usage (including "drills are disabled in the
-running process"). The drills themselves live in ``actors/drills/runs.py``; ``ops/RUNBOOK.md``
-says how to read each verdict and what to do when one fails.
+running process"). The drills themselves live in ``actors/drills/`` (``db_outage.py``,
+``offset_rollback.py``, ``conflict_storm.py``, ``actor_fault.py``); ``ops/RUNBOOK.md`` says how to
+read each verdict and what to do when one fails.
 """
 
 from __future__ import annotations
@@ -111,7 +112,10 @@ def add_drill_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def cmd_drill(args: argparse.Namespace) -> int:
     """Run the named drill; print its report; exit 0 on PASS, 1 on FAIL."""
-    from ctxplane.actors.drills import runs
+    from ctxplane.actors.drills.actor_fault import ActorFaultOptions, run_actor_fault
+    from ctxplane.actors.drills.conflict_storm import ConflictStormOptions, run_conflict_storm
+    from ctxplane.actors.drills.db_outage import DbOutageOptions, run_db_outage
+    from ctxplane.actors.drills.offset_rollback import OffsetRollbackOptions, run_offset_rollback
     from ctxplane.config.settings import load_settings
     from ctxplane.runtime.exceptions import UsageError
     from ctxplane.runtime.logs import configure_logging
@@ -123,23 +127,23 @@ def cmd_drill(args: argparse.Namespace) -> int:
     run: Any
     if args.drill == "db-outage":
         method = args.method or ("proxy" if args.proxy_control else "pg-ctl")
-        options: Any = runs.DbOutageOptions(
+        options: Any = DbOutageOptions(
             seconds=args.seconds, events=args.events, payload_bytes=args.payload_bytes, method=method, proxy_control=args.proxy_control,
             fault=args.fault, pgbin=args.pgbin, pgroot=args.pgroot, deadline_ms=args.deadline_ms,
             clean_pass=args.clean_pass, rss_growth_mb=args.rss_growth_mb,
         )
-        run = runs.run_db_outage
+        run = run_db_outage
     elif args.drill == "offset-rollback":
-        options = runs.OffsetRollbackOptions(by=args.by, topic=args.topic, partition=args.partition)
-        run = runs.run_offset_rollback
+        options = OffsetRollbackOptions(by=args.by, topic=args.topic, partition=args.partition)
+        run = run_offset_rollback
     elif args.drill == "conflict-storm":
-        options = runs.ConflictStormOptions(count=args.count, min_throughput_ratio=args.min_throughput_ratio,
-                                            clean_pass=args.clean_pass)
-        run = runs.run_conflict_storm
+        options = ConflictStormOptions(count=args.count, min_throughput_ratio=args.min_throughput_ratio,
+                                       clean_pass=args.clean_pass)
+        run = run_conflict_storm
     else:
-        options = runs.ActorFaultOptions(target=args.target, times=args.times, topic=args.topic,
-                                         partition=args.partition, events=args.events, clean_pass=args.clean_pass)
-        run = runs.run_actor_fault
+        options = ActorFaultOptions(target=args.target, times=args.times, topic=args.topic,
+                                    partition=args.partition, events=args.events, clean_pass=args.clean_pass)
+        run = run_actor_fault
     report = anyio.run(run, settings, options)
     if args.json:
         sys.stdout.write(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")

@@ -1,9 +1,10 @@
 """Client-side tools the drills share: store figures, the endpoint prober, workloads, the clean pass.
 
-A drill (``actors/drills/runs.py``) runs outside the supervisor it drills, as an operator would:
-it publishes to the bus, asks the query endpoint, reads the store, and asks the drill controller
-only for what cannot be seen from outside (restart counts, RSS) or done from outside (crash an
-actor, rewind a live checkpoint). Its verdict is computed from figures gathered here:
+A drill (``actors/drills/db_outage.py``, ``offset_rollback.py``, ``conflict_storm.py``,
+``actor_fault.py``) runs outside the supervisor it drills, as an operator would: it publishes to the
+bus, asks the query endpoint, reads the store, and asks the drill controller only for what cannot
+be seen from outside (restart counts, RSS) or done from outside (crash an actor, rewind a live
+checkpoint). Its verdict is computed from figures gathered here:
 
 - :class:`StoreFigures`: intake counters, dedupe size, ledger rows, the state and ledger digests
   and the checkpoints, all read in **one** store snapshot, so they describe one moment;

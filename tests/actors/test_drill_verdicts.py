@@ -6,18 +6,12 @@ from typing import Any
 
 import pytest
 
+from ctxplane.actors.drills.actor_fault import ActorFaultOptions, exceeds_intensity, judge_actor_fault
+from ctxplane.actors.drills.conflict_storm import storm_events
 from ctxplane.actors.drills.controller import DrillCommand, parse_drill_request
+from ctxplane.actors.drills.db_outage import DbOutageOptions, judge_db_outage
 from ctxplane.actors.drills.kit import Answer, Check, DrillReport, drill_workload
-from ctxplane.actors.drills.runs import (
-    ActorFaultOptions,
-    DbOutageOptions,
-    OffsetRollbackOptions,
-    exceeds_intensity,
-    judge_actor_fault,
-    judge_db_outage,
-    judge_offset_rollback,
-    storm_events,
-)
+from ctxplane.actors.drills.offset_rollback import OffsetRollbackOptions, judge_offset_rollback
 from ctxplane.config.settings import Settings
 
 
@@ -164,7 +158,7 @@ def test_a_report_passes_only_when_every_check_holds() -> None:
 
 
 def test_pg_ctl_restarts_the_server_with_the_options_it_ran_with(tmp_path: Any) -> None:
-    from ctxplane.actors.drills.runs import _server_options
+    from ctxplane.actors.drills.db_outage import _server_options
 
     (tmp_path / "postmaster.opts").write_text(
         '/usr/lib/postgresql/15/bin/postgres "-D" "/tmp/pg x/data" "-p" "55477" "-k" "/tmp/pg x" "-c" "fsync=off"\n')
