@@ -33,13 +33,15 @@ from pydantic import SecretStr
 
 from ctxplane.actors.operate.digest import ledger_digest_program, state_digest_program
 from ctxplane.actors.resources import open_bus, scope_of
-from ctxplane.actors.tables.reads import checkpoints_program
+from ctxplane.actors.tables.checkpoints import checkpoints_program, move_count_program
+from ctxplane.actors.tables.dedupe import counter_totals_program, registry_size_program
+from ctxplane.actors.tables.ledger import event_reasons_program, reason_counts_program
 from ctxplane.config.settings import Settings, StoreSettings, secret_value
 from ctxplane.contracts.join import CheckpointRow
 from ctxplane.runtime.bus import EventBus, partition_key_for
 from ctxplane.runtime.client import AsyncClient, QueryEndpointUnavailable
 from ctxplane.runtime.exceptions import StoreError
-from ctxplane.runtime.store import Fetch, Program, open_store
+from ctxplane.runtime.store import Program, open_store
 
 __all__ = (
     "POLL_S",
@@ -146,18 +148,17 @@ class StoreFigures:
 
 
 def _figures_program(scope: str) -> Program[StoreFigures]:
-    counters = yield Fetch("SELECT name, sum(value) FROM intake_counters WHERE scope = ? GROUP BY name", (scope,))
-    dedupe = yield Fetch("SELECT count(*) FROM intake_dedupe")
-    ledger = yield Fetch("SELECT reason_code, count(*) FROM apply_failures GROUP BY reason_code")
-    keys = yield Fetch("SELECT DISTINCT event_id, reason_code FROM apply_failures")
-    rewinds = yield Fetch("SELECT count(*) FROM checkpoint_rewinds WHERE scope = ?", (scope,))
+    counters = yield from counter_totals_program(scope)
+    dedupe = yield from registry_size_program()
+    ledger = yield from reason_counts_program()
+    keys = yield from event_reasons_program()
+    rewinds = yield from move_count_program(scope)
     state = yield from state_digest_program()
     ledger_digest = yield from ledger_digest_program()
     checkpoints = yield from checkpoints_program(scope)
     return StoreFigures(
-        counters={name: int(n) for name, n in counters}, dedupe=int(dedupe[0][0]),
-        ledger={reason: int(n) for reason, n in ledger}, ledger_keys=frozenset((e, r) for e, r in keys),
-        state_digest=state, ledger_digest=ledger_digest, checkpoints=checkpoints, rewinds=int(rewinds[0][0]),
+        counters=counters, dedupe=dedupe, ledger=ledger, ledger_keys=keys,
+        state_digest=state, ledger_digest=ledger_digest, checkpoints=checkpoints, rewinds=rewinds,
     )
 
 

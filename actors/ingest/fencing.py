@@ -7,9 +7,10 @@ Contract (architecture.md §Scale-out; the lease table is ``partition_leases``, 
   under (``actors/ingest/leases.py`` starts a new incarnation for every new epoch).
 - Every ownership change bumps the row's epoch (take, steal, take-over after expiry, release), so
   ``(scope, topic, partition, epoch)`` names exactly one tenure of one owner.
-- Step 6 of the apply program (``actors/ingest/apply.py``) runs :func:`fence_program` inside the commit's
+- Step 0 of the apply program (``actors/ingest/apply.py``) runs :func:`fence_program` inside the commit's
   transaction: for each distinct ``(partition, epoch)`` of the group, an
-  ``UPDATE partition_leases SET epoch = epoch WHERE ... AND epoch = ? RETURNING epoch``. The UPDATE
+  ``UPDATE partition_leases SET epoch = epoch WHERE ... AND epoch = ? RETURNING epoch``
+  (``lock_lease``, actors/tables/leases.py). The UPDATE
   changes nothing, but it **locks the lease row** until the commit (PostgreSQL READ COMMITTED: a
   plain SELECT would not, and a thief could bump the epoch between our check and our commit), and
   if a thief committed first, PostgreSQL re-evaluates the WHERE on the new row version and returns
@@ -34,9 +35,10 @@ from typing import Any, Final
 
 import structlog
 
+from ctxplane.actors.tables.leases import lock_lease
 from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.runtime.exceptions import ActorUnavailable, CtxplaneError
-from ctxplane.runtime.store import Fetch, Program
+from ctxplane.runtime.store import Program
 
 __all__ = ("FENCED", "LeaseLost", "LeasedWriter", "Tenure", "fence_program", "refuse_fenced")
 
@@ -47,11 +49,6 @@ FENCED: Final = "lease lost"
 
 # (scope, topic, partition, epoch): one owner's tenure of one partition.
 Tenure = tuple[str, str, int, int]
-
-_FENCE_SQL: Final = (
-    "UPDATE partition_leases SET epoch = epoch"
-    " WHERE scope = ? AND topic = ? AND partition_id = ? AND epoch = ? AND owner <> '' RETURNING epoch"
-)
 
 
 class LeaseLost(CtxplaneError):
@@ -84,8 +81,7 @@ def fence_program(batches: Sequence[ApplyBatch]) -> Program[None]:
     tenures = sorted({t for t in map(tenure_of, batches) if t is not None})
     lost = []
     for scope, topic, partition, epoch in tenures:
-        rows = yield Fetch(_FENCE_SQL, (scope, topic, partition, epoch))
-        if not rows:
+        if not (yield from lock_lease(scope, topic, partition, epoch)):
             lost.append((scope, topic, partition, epoch))
     if lost:
         raise LeaseLost(lost)

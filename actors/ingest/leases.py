@@ -19,10 +19,11 @@ actor whenever the bus is Kinesis or leases are on). Every round it:
    no longer desired (a lost lease) or desired under a new epoch. Starting and stopping never
    delays the next renewal.
 
-Leases (``partition_leases``, migration 0003) live in PostgreSQL and use the database clock. Every
-ownership change bumps the epoch; each partition-actor incarnation is bound to one epoch through
-:class:`~ctxplane.actors.ingest.fencing.LeasedWriter`, and every commit is fenced on it — so safety never depends
-on clocks or timing, only liveness does. A process that cannot renew for ``duration_s`` (store
+Leases (``partition_leases``, migration 0003; its statements in actors/tables/leases.py) live in
+PostgreSQL and use the database clock. Every ownership change bumps the epoch; each
+partition-actor incarnation is bound to one epoch through
+:class:`~ctxplane.actors.ingest.fencing.LeasedWriter`, and every commit is fenced on it — so safety
+never depends on clocks or timing, only liveness does. A process that cannot renew for ``duration_s`` (store
 down, paused) stops its partition actors itself; anything they still send is fenced anyway. On a
 graceful stop, the partition actors (newer children) stop first and commit their in-flight
 batches; then the assigner releases its leases (epoch bumped, owner cleared), so another process
@@ -45,7 +46,16 @@ import structlog
 from anyio.abc import TaskStatus
 
 from ctxplane.actors.ingest.fencing import LeasedWriter
-from ctxplane.actors.tables.reads import checkpoints_program
+from ctxplane.actors.tables.checkpoints import checkpoints_program
+from ctxplane.actors.tables.leases import (
+    DB_NOW_US,
+    db_now_us_program,
+    idle_timeout_program,
+    insert_lease,
+    lease_rows_program,
+    renew_lease,
+    take_lease,
+)
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.timestamps import format_ts_us
 from ctxplane.runtime.bus.kinesis import is_drained
@@ -58,7 +68,7 @@ from ctxplane.runtime.exceptions import (
     UsageError,
 )
 from ctxplane.runtime.kernel import Actor, ActorContext, ChildSpec
-from ctxplane.runtime.store import Fetch, Program, StoreBackend
+from ctxplane.runtime.store import Program, StoreBackend
 
 __all__ = (
     "ASSIGNER",
@@ -68,10 +78,8 @@ __all__ = (
     "RoundResult",
     "assigner_spec",
     "assignment_mode",
-    "db_now_sql",
     "lease_owner",
     "lease_round_program",
-    "lease_rows_program",
     "release_program",
 )
 
@@ -83,11 +91,6 @@ Key = tuple[str, int]  # (topic, partition)
 
 # How often partitions are re-listed without leases (as the discovery actor did).
 _LOCAL_INTERVAL_S: Final = 1.0
-
-_NOW_SQL: Final = {
-    "postgresql": "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000) AS BIGINT)",
-    "sqlite": "SELECT CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
-}
 
 
 def assignment_mode(settings: Settings) -> AssignmentMode:
@@ -109,11 +112,6 @@ def assignment_mode(settings: Settings) -> AssignmentMode:
 
 def lease_owner(settings: Settings) -> str:
     return settings.leases.owner or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def db_now_sql(dialect: str) -> str:
-    """A query answering the database clock in microseconds since the epoch (one row, one column)."""
-    return _NOW_SQL[dialect]
 
 
 # -- lease programs (pure: run by either backend in one write transaction) ------------------------
@@ -147,21 +145,6 @@ class RoundResult:
     share: int
 
 
-_SELECT = "SELECT topic, partition_id, owner, epoch, expires_at_utc FROM partition_leases WHERE scope = ?"
-_RENEW = (
-    "UPDATE partition_leases SET expires_at_utc = ?"
-    " WHERE scope = ? AND topic = ? AND partition_id = ? AND owner = ? AND epoch = ? RETURNING epoch"
-)
-_TAKE = (
-    "UPDATE partition_leases SET owner = ?, epoch = epoch + 1, expires_at_utc = ?"
-    " WHERE scope = ? AND topic = ? AND partition_id = ? AND owner = ? AND epoch = ? RETURNING epoch"
-)
-_INSERT = (
-    "INSERT INTO partition_leases (scope, topic, partition_id, owner, epoch, expires_at_utc)"
-    " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (scope, topic, partition_id) DO NOTHING RETURNING epoch"
-)
-
-
 def lease_round_program(
     *,
     scope: str,
@@ -169,7 +152,7 @@ def lease_round_program(
     eligible: Sequence[Key],
     held: Mapping[Key, int],
     duration_us: int,
-    now_sql: str,
+    now_sql: str = DB_NOW_US,
 ) -> Program[RoundResult]:
     """One lease round (see the module docstring), in the caller's write transaction.
 
@@ -178,19 +161,16 @@ def lease_round_program(
     for one lease cannot both win: under READ COMMITTED the loser's UPDATE re-checks the committed
     row and matches nothing. A lease row is never deleted.
     """
-    now_us = int((yield Fetch(now_sql))[0][0])
+    now_us = yield from db_now_us_program(now_sql)
     now, expires = format_ts_us(now_us), format_ts_us(now_us + duration_us)
-    table = {
-        (topic, int(partition)): _Lease(row_owner, int(epoch), expiry)
-        for topic, partition, row_owner, epoch, expiry in (yield Fetch(_SELECT, (scope,)))
-    }
+    table = {key: _Lease(*row) for key, row in (yield from lease_rows_program(scope)).items()}
     mine: dict[Key, int] = {}
     lost: list[Key] = []
     # Renew what we hold, exactly at the epoch we hold it.
     for key in sorted(held):
         lease = table.get(key)
         if lease is not None and lease.owner == owner and lease.epoch == held[key]:
-            if (yield Fetch(_RENEW, (expires, scope, key[0], key[1], owner, held[key]))):
+            if (yield from renew_lease(scope, key, owner=owner, epoch=held[key], expires=expires)):
                 mine[key] = held[key]
                 lease.expires = expires
                 continue
@@ -212,13 +192,14 @@ def lease_round_program(
             continue
         lease = table.get(key)
         if lease is None:
-            rows = yield Fetch(_INSERT, (scope, key[0], key[1], owner, expires))
+            epoch = yield from insert_lease(scope, key, owner=owner, expires=expires)
         elif lease.owner in ("", owner) or lease.expires <= now:
-            rows = yield Fetch(_TAKE, (owner, expires, scope, key[0], key[1], lease.owner, lease.epoch))
+            epoch = yield from take_lease(scope, key, from_owner=lease.owner, epoch=lease.epoch, to_owner=owner,
+                                          expires=expires)
         else:
             continue
-        if rows:
-            mine[key] = int(rows[0][0])
+        if epoch is not None:
+            mine[key] = epoch
             acquired.append(key)
     # Steal at most one lease per round from the busiest live owner, when it holds more than the
     # share or two more than we do (so 4 partitions over 3 owners settle at 2/1/1, not 2/2/0).
@@ -228,35 +209,27 @@ def lease_round_program(
         if count > share or count >= len(mine) + 2:
             key = max(k for k, lease in table.items() if lease.owner == victim and k in wanted and lease.expires > now)
             lease = table[key]
-            rows = yield Fetch(_TAKE, (owner, expires, scope, key[0], key[1], victim, lease.epoch))
-            if rows:
-                mine[key] = int(rows[0][0])
+            epoch = yield from take_lease(scope, key, from_owner=victim, epoch=lease.epoch, to_owner=owner,
+                                          expires=expires)
+            if epoch is not None:
+                mine[key] = epoch
                 acquired.append(key)
                 stolen = key
     return RoundResult(mine, tuple(acquired), tuple(lost), stolen, owners, share)
 
 
-def release_program(*, scope: str, owner: str, held: Mapping[Key, int], now_sql: str) -> Program[list[Key]]:
+def release_program(
+    *, scope: str, owner: str, held: Mapping[Key, int], now_sql: str = DB_NOW_US
+) -> Program[list[Key]]:
     """Release ``held`` leases (owner cleared, expired now, epoch bumped so nothing read under them
     can commit any more). Returns the keys actually released."""
-    now = format_ts_us(int((yield Fetch(now_sql))[0][0]))
+    now = format_ts_us((yield from db_now_us_program(now_sql)))
     released = []
     for key in sorted(held):
-        rows = yield Fetch(_TAKE, ("", now, scope, key[0], key[1], owner, held[key]))
-        if rows:
+        epoch = yield from take_lease(scope, key, from_owner=owner, epoch=held[key], to_owner="", expires=now)
+        if epoch is not None:
             released.append(key)
     return released
-
-
-def _idle_timeout_program() -> Program[list[Any]]:
-    rows = yield Fetch("SELECT setting FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'")
-    return list(rows)
-
-
-def lease_rows_program(scope: str) -> Program[dict[Key, tuple[str, int, str]]]:
-    """Every lease row of ``scope``: (topic, partition) → (owner, epoch, expires_at_utc)."""
-    rows = yield Fetch(_SELECT, (scope,))
-    return {(topic, int(p)): (row_owner, int(epoch), expiry) for topic, p, row_owner, epoch, expiry in rows}
 
 
 # -- the actor ----------------------------------------------------------------------------------
@@ -325,7 +298,6 @@ class PartitionAssigner(Actor):
         self._interval_s = leases.renew_every_s if mode == "leased" else _LOCAL_INTERVAL_S
         self._duration_us = int(leases.duration_s * 1_000_000)
         self._duration_s = leases.duration_s
-        self._now_sql = db_now_sql(store.dialect.name)
         self._changed = anyio.Event()
 
     async def run(self, ctx: ActorContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -357,7 +329,7 @@ class PartitionAssigner(Actor):
         DSN: ``?idle_in_transaction_session_timeout=10000``) makes the server end such a session.
         """
         try:
-            rows = await self._store.read(_idle_timeout_program())
+            rows = await self._store.read(idle_timeout_program())
         except StoreError as exc:
             log.warning("cannot read idle_in_transaction_session_timeout", error=str(exc))
             return
@@ -383,7 +355,7 @@ class PartitionAssigner(Actor):
         try:
             result = await self._store.write(lease_round_program(
                 scope=self._scope, owner=self._owner, eligible=sorted(book.eligible), held=dict(book.held),
-                duration_us=self._duration_us, now_sql=self._now_sql,
+                duration_us=self._duration_us,
             ))
         except StoreError as exc:
             log.warning("lease round failed", error=str(exc))
@@ -522,7 +494,7 @@ class PartitionAssigner(Actor):
         with anyio.move_on_after(5.0, shield=True):
             try:
                 released = await self._store.write(
-                    release_program(scope=self._scope, owner=self._owner, held=held, now_sql=self._now_sql)
+                    release_program(scope=self._scope, owner=self._owner, held=held)
                 )
             except StoreError as exc:
                 log.warning("could not release leases; they expire on their own", error=str(exc))

@@ -4,7 +4,8 @@ Checkpoints move forward with the commits of ``ctxplane run`` and a replay; ever
 operator's (``checkpoint rewind``, ``checkpoint reset``, the offset-rollback drill) and is recorded
 in the same transaction as the move: when, which partition, from and to, what moved it, who, why,
 and how many offsets a forward move skipped (migrations 0002 and 0005). The table keeps its first
-name: it held rewinds only before resets could move a checkpoint forward.
+name: it held rewinds only before resets could move a checkpoint forward. Its SQL is in
+actors/tables/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ctxplane.runtime.store import Execute, Fetch, Program
+from ctxplane.actors.tables import checkpoints
+from ctxplane.runtime.store import Execute, Program
 
 __all__ = ("AuditEntry", "audit_move", "operator_identity", "recent_moves_program")
-
-_INSERT = (
-    "INSERT INTO checkpoint_rewinds (rewound_at_utc, scope, topic, partition_id, from_offset, to_offset,"
-    " command, operator, reason, skipped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +45,13 @@ def audit_move(
     skipped: int,
 ) -> Execute:
     """The audit row of one move (run it in the transaction that moves the checkpoint)."""
-    return Execute(_INSERT, (at, scope, topic, partition, from_offset, to_offset, entry.command, entry.operator,
-                             entry.reason, skipped))
+    return checkpoints.audit_row(at=at, scope=scope, topic=topic, partition=partition, from_offset=from_offset,
+                                 to_offset=to_offset, command=entry.command, operator=entry.operator,
+                                 reason=entry.reason, skipped=skipped)
 
 
 def recent_moves_program(scope: str, limit: int) -> Program[list[dict[str, Any]]]:
     """The newest ``limit`` audited moves in ``scope``, newest first."""
-    rows = yield Fetch(
-        "SELECT rewound_at_utc, topic, partition_id, from_offset, to_offset, command, operator, reason, skipped"
-        " FROM checkpoint_rewinds WHERE scope = ? ORDER BY rewound_at_utc DESC, topic, partition_id LIMIT ?",
-        (scope, limit),
-    )
+    rows = yield from checkpoints.recent_moves_program(scope, limit)
     keys = ("at_utc", "topic", "partition", "from_offset", "to_offset", "command", "operator", "reason", "skipped")
     return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -40,12 +40,17 @@ import structlog
 from ctxplane.actors.operate.checkpoint_audit import AuditEntry, audit_move
 from ctxplane.actors.operate.exclusive import STOP_HINT, exclusive_store, refuse_if_leased
 from ctxplane.actors.resources import open_bus, open_current_store, scope_of
-from ctxplane.actors.tables.reads import checkpoints_program
+from ctxplane.actors.tables.checkpoints import (
+    checkpoints_program,
+    insert_checkpoint,
+    move_checkpoint,
+    stored_offset_program,
+)
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.timestamps import format_ts_us, now_utc, parse_instant_us
 from ctxplane.runtime.bus import FILE_LINE, BusRecord, EventBus
 from ctxplane.runtime.exceptions import StoreError, UsageError
-from ctxplane.runtime.store import Execute, Fetch, Program, StoreBackend
+from ctxplane.runtime.store import Program, StoreBackend
 
 __all__ = ("Move", "ResetReport", "ResetTarget", "plan_reset", "reset_checkpoints", "reset_program")
 
@@ -237,15 +242,7 @@ async def plan_reset(
 
 # -- applying ------------------------------------------------------------------------------------
 
-_STORED = "SELECT next_offset FROM checkpoints WHERE scope = ? AND topic = ? AND partition_id = ?"
-_UPDATE = "UPDATE checkpoints SET next_offset = ?, updated_at_utc = ? WHERE scope = ? AND topic = ? AND partition_id = ?"
-_INSERT = (
-    "INSERT INTO checkpoints (scope, topic, partition_id, plane, next_offset, offset_kind, watermark_ts_utc,"
-    " updated_at_utc) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)"
-)
-
-
-def reset_program(scope: str, moves: Sequence[Move], *, now: str, audit: AuditEntry, dialect: str) -> Program[int]:
+def reset_program(scope: str, moves: Sequence[Move], *, now: str, audit: AuditEntry) -> Program[int]:
     """Move every checkpoint of ``moves`` that changes, each with its audit row, in one transaction;
     returns how many moved. A partition without a checkpoint gets one (at the target).
 
@@ -253,14 +250,12 @@ def reset_program(scope: str, moves: Sequence[Move], *, now: str, audit: AuditEn
         StoreError: a live lease exists in the scope, or a checkpoint is no longer what the plan read
             (a process committed meanwhile); the transaction rolls back whole.
     """
-    yield from refuse_if_leased("reset checkpoints", scope, dialect)
+    yield from refuse_if_leased("reset checkpoints", scope)
     moved = 0
     for move in moves:
         if move.change == "none":
             continue
-        key = (scope, move.topic, move.partition)
-        rows = yield Fetch(_STORED, key)
-        stored = rows[0][0] if rows else None
+        stored = yield from stored_offset_program(scope, move.topic, move.partition)
         if stored != move.checkpoint:
             raise StoreError(
                 f"refusing to reset checkpoints: the checkpoint of {move.topic} partition {move.partition} moved "
@@ -268,9 +263,10 @@ def reset_program(scope: str, moves: Sequence[Move], *, now: str, audit: AuditEn
                 f"{STOP_HINT}"
             )
         if stored is None:
-            yield Execute(_INSERT, (*key, move.plane, str(move.target), FILE_LINE, now))
+            yield insert_checkpoint(scope, move.topic, move.partition, plane=move.plane, next_offset=str(move.target),
+                                    offset_kind=FILE_LINE, now=now)
         else:
-            yield Execute(_UPDATE, (str(move.target), now, *key))
+            yield move_checkpoint(scope, move.topic, move.partition, next_offset=str(move.target), now=now)
         yield audit_move(audit, at=now, scope=scope, topic=move.topic, partition=move.partition,
                          from_offset=str(move.current), to_offset=str(move.target), skipped=move.skipped)
         moved += 1
@@ -324,7 +320,7 @@ async def reset_checkpoints(
             if not allow_skip:
                 _refuse_skips(moves)
             now = now_utc()
-            await store.write(reset_program(scope, moves, now=now, audit=audit, dialect=store.dialect.name))
+            await store.write(reset_program(scope, moves, now=now, audit=audit))
     report = ResetReport(target, moves, False, audit, now)
     for move in report.moving:
         log.warning("checkpoint reset", scope=scope, topic=move.topic, partition=move.partition,

@@ -11,28 +11,20 @@ from __future__ import annotations
 
 import hashlib
 
+from ctxplane.actors.tables.checkpoints import max_watermark_program
+from ctxplane.actors.tables.dedupe import DEDUPE_DIGEST
+from ctxplane.actors.tables.features import FEATURE_DIGEST, retention_us_program
+from ctxplane.actors.tables.join import CLAIMS_DIGEST, PINS_DIGEST, ROLES_DIGEST
+from ctxplane.actors.tables.ledger import LEDGER_DIGEST
 from ctxplane.contracts.canonical import canonical_json
 from ctxplane.contracts.timestamps import parse_ts_us
 from ctxplane.runtime.store import Fetch, Program
 
-__all__ = ("LEDGER_QUERY", "STATE_QUERIES", "ledger_digest_program", "state_digest_program")
+__all__ = ("STATE_QUERIES", "ledger_digest_program", "state_digest_program")
 
+# Table by table, in this order; each family names its columns (actors/tables/).
 STATE_QUERIES: tuple[tuple[str, str], ...] = (
-    ("context_pins", "SELECT pins_id, pins_json FROM context_pins"),
-    ("intake_dedupe", "SELECT platform_run_id, event_class, event_id, payload_hash, scenario_run_id FROM intake_dedupe"),
-    ("join_frame_roles", "SELECT platform_run_id, scenario_run_id, merchant_id, arrival_seq, role, event_id, event_type,"
-                         " payload_hash, pins_id FROM join_frame_roles"),
-    ("flow_binding_claims", "SELECT platform_run_id, scenario_run_id, flow_id, merchant_id, arrival_seq, event_id,"
-                            " event_type, payload_hash, pins_id FROM flow_binding_claims"),
-    ("feature_raw", "SELECT platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id, amount_units"
-                    " FROM feature_raw"),
-    ("feature_tiles", "SELECT platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id, event_count,"
-                      " amount_count, amount_sum, amount_min, amount_max, last_ts_us FROM feature_tiles"),
-)
-
-LEDGER_QUERY = (
-    "SELECT plane, reason_code, event_id, event_type, topic, partition_id, source_offset, offset_kind"
-    " FROM apply_failures"
+    PINS_DIGEST, DEDUPE_DIGEST, ROLES_DIGEST, CLAIMS_DIGEST, *FEATURE_DIGEST,
 )
 
 
@@ -43,11 +35,11 @@ def _retention_cutoff() -> Program[int | None]:
     some earlier moment; the digest leaves out everything up to the cut-off implied by the *final*
     watermark, so a store that pruned and one that did not (same events) digest alike.
     """
-    meta = yield Fetch("SELECT meta_value FROM store_meta WHERE meta_key = 'feature_retention_us'")
-    wm = yield Fetch("SELECT max(watermark_ts_utc) FROM checkpoints WHERE plane = 'features'")
-    if not meta or not wm or wm[0][0] is None:
+    retention_us = yield from retention_us_program()
+    watermark = yield from max_watermark_program("features")
+    if retention_us is None or watermark is None:
         return None
-    return parse_ts_us(wm[0][0]) - int(meta[0][0])
+    return parse_ts_us(watermark) - retention_us
 
 
 def _keep(name: str, row: tuple[object, ...], cutoff: int | None) -> bool:
@@ -79,4 +71,4 @@ def state_digest_program() -> Program[str]:
 
 
 def ledger_digest_program() -> Program[str]:
-    return (yield from _digest_tables((("apply_failures", LEDGER_QUERY),)))
+    return (yield from _digest_tables((LEDGER_DIGEST,)))

@@ -8,7 +8,7 @@ the store, recognised by whichever sign the deployment gives:
 - SQLite: the lock file ``ctxplane run`` holds (``<db>.lock``). The command takes it itself for its
   whole duration, so no process can start meanwhile. This sign is exact: it is the store's own.
 - PostgreSQL with partition leases: a live lease (unexpired by the database clock) in the scope.
-  :func:`live_leases_program` runs again inside the transaction that moves a checkpoint, so a
+  :func:`refuse_if_leased` looks again inside the transaction that moves a checkpoint, so a
   process that took a lease after the first check is still seen. Exact too.
 - PostgreSQL, for the commands that move checkpoints of a store in use (rewind, reset): the query
   endpoint (``query.listen``) accepts connections. A deployment without leases (file bus, static
@@ -25,34 +25,18 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 
-from ctxplane.actors.ingest.leases import db_now_sql
 from ctxplane.actors.resources import open_ready_store, scope_of
+from ctxplane.actors.tables.leases import live_owners_program
 from ctxplane.config.settings import Settings
-from ctxplane.contracts.timestamps import format_ts_us
 from ctxplane.runtime.exceptions import StoreError
 from ctxplane.runtime.server import endpoint_alive
-from ctxplane.runtime.store import Fetch, Program, StoreBackend
+from ctxplane.runtime.store import Program, StoreBackend
 from ctxplane.runtime.store.sqlite import SqliteLock
 
-__all__ = ("STOP_HINT", "exclusive_store", "live_leases_program", "refuse_if_leased", "running_process")
+__all__ = ("STOP_HINT", "exclusive_store", "refuse_if_leased", "running_process")
 
 #: How to stop the process a refusal names (``ctxplane run`` commits its in-flight batches first).
 STOP_HINT = "stop it first (SIGTERM or Ctrl-C: it commits its in-flight batches and exits)"
-
-_LIVE_LEASES = (
-    "SELECT owner, count(*) FROM partition_leases WHERE scope = ? AND owner <> '' AND expires_at_utc > ?"
-    " GROUP BY owner ORDER BY owner"
-)
-
-
-def live_leases_program(scope: str, dialect: str) -> Program[dict[str, int]]:
-    """Owners holding an unexpired lease in ``scope`` (owner -> leases), by the database clock.
-
-    Released leases have owner ``''``; expiry times are in the sortable canonical form, so the
-    comparison is a string one on both backends (SQLite's lease table exists and stays empty)."""
-    now_us = int((yield Fetch(db_now_sql(dialect)))[0][0])
-    rows = yield Fetch(_LIVE_LEASES, (scope, format_ts_us(now_us)))
-    return {str(owner): int(count) for owner, count in rows}
 
 
 def _leases_line(owners: dict[str, int]) -> str:
@@ -60,13 +44,14 @@ def _leases_line(owners: dict[str, int]) -> str:
     return f"ctxplane run holds partition leases on the store: {held}"
 
 
-def refuse_if_leased(doing: str, scope: str, dialect: str) -> Program[None]:
-    """Inside a write transaction: raise (rolling it back) when a live lease exists in ``scope``.
+def refuse_if_leased(doing: str, scope: str) -> Program[None]:
+    """Inside a write transaction: raise (rolling it back) when a live lease exists in ``scope``
+    (by the database clock).
 
     Raises:
         StoreError: a process holds a lease.
     """
-    owners = yield from live_leases_program(scope, dialect)
+    owners = yield from live_owners_program(scope)
     if owners:
         raise StoreError(f"refusing to {doing}: {_leases_line(owners)}; {STOP_HINT}")
 
@@ -126,7 +111,7 @@ async def exclusive_store(settings: Settings, doing: str, *, endpoint: bool = Tr
     with _exclusive(settings, doing, endpoint=endpoint):
         store = await open_ready_store(settings)
         try:
-            owners = await store.read(live_leases_program(scope_of(settings), store.dialect.name))
+            owners = await store.read(live_owners_program(scope_of(settings)))
             if owners:
                 raise StoreError(f"refusing to {doing}: {_leases_line(owners)}; {STOP_HINT}")
             yield store

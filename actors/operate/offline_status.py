@@ -23,13 +23,17 @@ from typing import Any
 import structlog
 
 from ctxplane.actors.operate.checkpoint_audit import recent_moves_program
-from ctxplane.actors.operate.exclusive import live_leases_program, running_process
+from ctxplane.actors.operate.exclusive import running_process
 from ctxplane.actors.resources import open_bus, open_current_store, scope_of
+from ctxplane.actors.tables.checkpoints import checkpoint_details_program
+from ctxplane.actors.tables.dedupe import counter_totals_program
+from ctxplane.actors.tables.leases import live_owners_program
+from ctxplane.actors.tables.ledger import reason_summary_program
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.timestamps import now_utc, parse_instant_us
 from ctxplane.runtime.bus import EventBus
 from ctxplane.runtime.exceptions import BusError
-from ctxplane.runtime.store import Fetch, Program
+from ctxplane.runtime.store import Program
 
 __all__ = ("offline_status", "store_view_program")
 
@@ -38,16 +42,12 @@ log = structlog.get_logger("ctxplane.status")
 _RECENT_MOVES = 5
 
 
-def store_view_program(scope: str, dialect: str) -> Program[dict[str, Any]]:
+def store_view_program(scope: str) -> Program[dict[str, Any]]:
     """Everything ``status --offline`` reads from the store, in one snapshot."""
-    checkpoints = yield Fetch(
-        "SELECT topic, partition_id, plane, next_offset, offset_kind, watermark_ts_utc, updated_at_utc"
-        " FROM checkpoints WHERE scope = ? ORDER BY topic, partition_id", (scope,))
-    reasons = yield Fetch("SELECT reason_code, count(*), max(recorded_at_utc) FROM apply_failures GROUP BY reason_code"
-                          " ORDER BY reason_code")
-    counters = yield Fetch("SELECT name, sum(value) FROM intake_counters WHERE scope = ? GROUP BY name ORDER BY name",
-                           (scope,))
-    leases = yield from live_leases_program(scope, dialect)
+    checkpoints = yield from checkpoint_details_program(scope)
+    reasons = yield from reason_summary_program()
+    counters = yield from counter_totals_program(scope)
+    leases = yield from live_owners_program(scope)
     moves = yield from recent_moves_program(scope, _RECENT_MOVES)
     return {
         "checkpoints": {(topic, int(p)): (plane, offset, kind, watermark, updated)
@@ -57,7 +57,7 @@ def store_view_program(scope: str, dialect: str) -> Program[dict[str, Any]]:
             "anomaly_counts": {reason: int(n) for reason, n, _at in reasons},
             "last_recorded_at_utc": max((at for _r, _n, at in reasons), default=None),
         },
-        "intake_counters": {name: int(value) for name, value in counters},
+        "intake_counters": counters,
         "leases": leases,
         "checkpoint_moves": moves,
     }
@@ -92,7 +92,7 @@ async def offline_status(settings: Settings) -> dict[str, Any]:
     process = running_process(settings)
     store = await open_current_store(settings)
     try:
-        view = await store.read(store_view_program(scope, store.dialect.name))
+        view = await store.read(store_view_program(scope))
     finally:
         await store.aclose()
     consumed = settings.topics()

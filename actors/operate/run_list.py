@@ -11,17 +11,12 @@ from typing import Any
 
 import orjson
 
+from ctxplane.actors.tables.dedupe import events_by_run_program
+from ctxplane.actors.tables.join import all_pins_program
 from ctxplane.contracts.envelope import PIN_FIELDS
-from ctxplane.runtime.store import Fetch, Program
+from ctxplane.runtime.store import Program
 
 __all__ = ("render_runs", "runs_program")
-
-_PINS_SQL = "SELECT platform_run_id, scenario_run_id, pins_json FROM context_pins"
-# One scan of the dedupe registry: an operator command, not a hot path.
-_EVENTS_SQL = (
-    "SELECT platform_run_id, scenario_run_id, plane, count(*), min(ts_utc), max(ts_utc)"
-    " FROM intake_dedupe GROUP BY platform_run_id, scenario_run_id, plane"
-)
 
 
 def _ordered_pins(pins: dict[str, Any]) -> dict[str, Any]:
@@ -39,8 +34,8 @@ def runs_program() -> Program[list[dict[str, Any]]]:
     ``events`` (``{"join": n, "features": n}``, applied events of the run) and
     ``first_event_ts_utc`` / ``last_event_ts_utc`` (``None`` when no event of the run is recorded).
     """
-    pins_rows = yield Fetch(_PINS_SQL)
-    event_rows = yield Fetch(_EVENTS_SQL)
+    pins_rows = yield from all_pins_program()
+    event_rows = yield from events_by_run_program()
     events: dict[tuple[str, str], dict[str, Any]] = {}
     for run, scenario, plane, count, first, last in event_rows:
         entry = events.setdefault((run, scenario), {"events": {"join": 0, "features": 0}, "first": None, "last": None})

@@ -15,11 +15,16 @@ import anyio
 import orjson
 
 from ctxplane.actors.serve.engine import wait_budget_ms
+from ctxplane.actors.tables.checkpoints import checkpoints_program
 from ctxplane.actors.tables.features import (
     FeatureTableWriter,
+    key_seen_fetch,
     prune_program,
+    raw_fetch,
+    tiles_fetch,
 )
-from ctxplane.actors.tables.reads import checkpoints_program, plane_stream
+from ctxplane.actors.tables.join import run_pins_program
+from ctxplane.actors.tables.reads import plane_stream
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.features import (
     Agg,
@@ -41,17 +46,13 @@ from ctxplane.contracts.features.serve import (
     served_groups,
     windows_needed,
 )
-from ctxplane.contracts.features.windows import LEVELS_SECONDS, US_PER_SECOND
+from ctxplane.contracts.features.windows import US_PER_SECOND
 from ctxplane.contracts.join import basis_of
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
 from ctxplane.runtime.server import peer_gone
-from ctxplane.runtime.store import Fetch, Program
+from ctxplane.runtime.store import Program
 
 __all__ = ("FeaturePlane", "build_feature_plane")
-
-# Every pins set the store holds for a run (context_pins is written in the apply transaction of
-# the run's first event with each set; a handful of rows per run).
-_RUN_PINS = "SELECT pins_json FROM context_pins WHERE platform_run_id = ? AND scenario_run_id = ? ORDER BY pins_id"
 
 class FeaturePlane:
     """The feature plane's policy, its writer plug-in and its ``get_features`` answers."""
@@ -79,7 +80,7 @@ class FeaturePlane:
         basis = basis_of(plane_stream("features", self.scope), checkpoints)
         # The run's stored pins, in the same snapshot as the values: a request whose pins differ
         # is refused before any value is read (contracts.features.serve.pins_refusal).
-        pins_rows = yield Fetch(_RUN_PINS, (run, scenario))
+        pins_rows = yield from run_pins_program(run, scenario)
         stored_pins = tuple(orjson.loads(row[0]) for row in pins_rows)
         if pins_refusal(request, stored_pins) is not None:
             return FeaturesRead(basis, {}, frozenset(), None, stored_pins)
@@ -99,28 +100,16 @@ class FeaturePlane:
                 for level, first, last in plan.tiles:
                     tile_ranges.setdefault(level, []).append((first, last))
                 raw_ranges.extend(plan.raw)
-            scope = "platform_run_id = ? AND scenario_run_id = ? AND key_type = ? AND key_id = ?"
-            params = [run, scenario, key_type, key_id]
-            # One index range seek per disjoint range, glued with UNION ALL: an OR of ranges would
-            # scan every tile of the key (the planner cannot split it on a WITHOUT ROWID key), and
-            # disjoint ranges never return a row twice (evaluate() must not see one twice).
-            tile_terms, tile_params = [], []
-            for level in sorted(tile_ranges):
-                for first, last in _disjoint(tile_ranges[level], touching=1):
-                    tile_terms.append(
-                        "SELECT level_s, tile_id, event_count, amount_sum, amount_count, amount_min, amount_max, last_ts_us"
-                        f" FROM feature_tiles WHERE {scope} AND level_s = ? AND tile_id BETWEEN ? AND ?")
-                    tile_params += [*params, level, first, last]
-            raw_terms, raw_params = [], []
-            for lo, hi in _disjoint(raw_ranges, touching=0):
-                raw_terms.append(f"SELECT ts_us, amount_units FROM feature_raw WHERE {scope} AND ts_us > ? AND ts_us <= ?")
-                raw_params += [*params, lo, hi]
+            key = (run, scenario, key_type, key_id)
+            tile_spans = [(level, first, last) for level in sorted(tile_ranges)
+                          for first, last in _disjoint(tile_ranges[level], touching=1)]
+            raw_spans = _disjoint(raw_ranges, touching=0)
             tiles = []
-            if tile_terms:
-                tiles = yield Fetch(" UNION ALL ".join(tile_terms), tile_params)
+            if tile_spans:
+                tiles = yield tiles_fetch(key, tile_spans)
             raws = []
-            if raw_terms:
-                raws = yield Fetch(" UNION ALL ".join(raw_terms), raw_params)
+            if raw_spans:
+                raws = yield raw_fetch(key, raw_spans)
             if cutoff is not None:
                 raws = [r for r in raws if r[0] > cutoff]
                 tiles = [t for t in tiles if t[1] >= first_kept_tile(cutoff, t[0])]
@@ -129,9 +118,7 @@ class FeaturePlane:
             if tiles or raws:
                 seen.add((key_type, key_id))
             else:
-                kept = "" if cutoff is None else f" AND tile_id >= ? AND level_s = {LEVELS_SECONDS[-1]}"
-                extra = [] if cutoff is None else [first_kept_tile(cutoff, LEVELS_SECONDS[-1])]
-                exists = yield Fetch(f"SELECT 1 FROM feature_tiles WHERE {scope}{kept} LIMIT 1", params + extra)
+                exists = yield key_seen_fetch(key, cutoff)
                 if exists:
                     seen.add((key_type, key_id))
         return FeaturesRead(basis, aggregates, frozenset(seen), cutoff, stored_pins)

@@ -30,6 +30,7 @@ import orjson
 import structlog
 from anyio.abc import TaskStatus
 
+from ctxplane.actors.tables.ledger import reason_counts_program, recent_failures_program
 from ctxplane.actors.tables.reads import basis_program
 from ctxplane.contracts.health import (
     CounterWindow,
@@ -43,7 +44,7 @@ from ctxplane.contracts.timestamps import format_ts_us, now_utc, parse_ts_us
 from ctxplane.runtime.exceptions import ActorFailed, ActorUnavailable, AskTimeout, StoreError
 from ctxplane.runtime.kernel import Actor, ActorContext, ActorRef, Registry
 from ctxplane.runtime.server import error_response
-from ctxplane.runtime.store import Fetch, Program, StoreBackend
+from ctxplane.runtime.store import Program, StoreBackend
 
 __all__ = ("HealthAckGate", "HealthActor", "append_durably", "write_atomically")
 
@@ -104,17 +105,9 @@ Ledger = tuple[dict[str, int], dict[str, int], list[dict[str, Any]]]
 
 def ledger_program(limit: int, since_utc: str) -> Program[Ledger]:
     """Ledger counts per reason (all rows; rows recorded after ``since_utc``) and the newest anomalies."""
-    rows = yield Fetch("SELECT reason_code, count(*) FROM apply_failures GROUP BY reason_code")
-    counts = {reason: int(n) for reason, n in rows}
-    rows = yield Fetch("SELECT reason_code, count(*) FROM apply_failures WHERE recorded_at_utc > ? GROUP BY reason_code",
-                       (since_utc,))
-    recent_counts = {reason: int(n) for reason, n in rows}
-    recent = yield Fetch(
-        "SELECT failure_id, plane, platform_run_id, scenario_run_id, topic, partition_id, source_offset, offset_kind,"
-        " event_id, event_type, reason_code, details_json, recorded_at_utc FROM apply_failures"
-        " WHERE reason_code NOT IN (?, ?) ORDER BY recorded_at_utc DESC, failure_id LIMIT ?",
-        (*_ANNOTATIONS, limit),
-    )
+    counts = yield from reason_counts_program()
+    recent_counts = yield from reason_counts_program(since_utc)
+    recent = yield from recent_failures_program(_ANNOTATIONS, limit)
     keys = ("failure_id", "plane", "platform_run_id", "scenario_run_id", "topic", "partition_id", "offset",
             "offset_kind", "event_id", "event_type", "reason_code", "details", "recorded_at_utc")
     anomalies = []

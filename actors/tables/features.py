@@ -1,4 +1,5 @@
-"""The feature tables' writes: raw edge rows, time tiles, the retention cut-off (both backends).
+"""The features family: raw edge rows (``feature_raw``), time tiles (``feature_tiles``) and the
+retention keys of ``store_meta`` (migration 0001); their writes and the reads of an answer.
 
 For every new traffic event and every feature key it carries, one raw row (exact window edges) and
 merged tile deltas (cheap windows) — commutative upserts, in the apply transaction. Both are staged
@@ -10,7 +11,7 @@ commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from ctxplane.contracts.features import first_kept_tile, key_tiles
 from ctxplane.contracts.features.windows import LEVELS_SECONDS
@@ -18,8 +19,12 @@ from ctxplane.contracts.intake import Accepted
 from ctxplane.runtime.store import CopyRows, Execute, Fetch, Program, StageTable
 
 __all__ = (
-    "CUTOFF_KEY", "RETENTION_KEY", "FeatureTableWriter", "FeatureWriter", "prune_program", "retention_meta_program",
+    "CUTOFF_KEY", "FEATURE_DIGEST", "RETENTION_KEY", "FeatureKey", "FeatureTableWriter", "FeatureWriter",
+    "key_seen_fetch", "prune_program", "raw_fetch", "retention_meta_program", "retention_us_program", "tiles_fetch",
 )
+
+# (platform_run_id, scenario_run_id, key_type, key_id): one feature key of one run.
+FeatureKey: TypeAlias = tuple[str, str, str, str]
 
 
 class FeatureWriter:
@@ -118,6 +123,12 @@ def retention_meta_program(retention_us: int) -> Program[None]:
     yield Execute(_META_UPSERT, (RETENTION_KEY, str(retention_us)))
 
 
+def retention_us_program() -> Program[int | None]:
+    """The retention the store was last written with (None: never recorded)."""
+    rows = yield Fetch("SELECT meta_value FROM store_meta WHERE meta_key = ?", (RETENTION_KEY,))
+    return int(rows[0][0]) if rows else None
+
+
 def prune_program(watermark_us: int, retention_us: int) -> Program[int]:
     """Delete raw rows and tiles wholly older than ``watermark − retention``; record the cut-off."""
     cutoff = watermark_us - retention_us
@@ -129,3 +140,50 @@ def prune_program(watermark_us: int, retention_us: int) -> Program[int]:
         yield Execute("DELETE FROM feature_tiles WHERE level_s = ? AND tile_id < ?", (level, first_kept_tile(cutoff, level)))
     yield Execute(_META_UPSERT, (CUTOFF_KEY, str(cutoff)))
     return cutoff
+
+
+# -- the reads of an answer -----------------------------------------------------------------------
+# One index range seek per disjoint range, glued with UNION ALL: an OR of ranges would scan every
+# tile of the key (the planner cannot split it on a WITHOUT ROWID key), and disjoint ranges never
+# return a row twice (evaluate() must not see one twice). The callers pass disjoint ranges.
+
+_KEY_SCOPE = "platform_run_id = ? AND scenario_run_id = ? AND key_type = ? AND key_id = ?"
+_TILE_TERM = (
+    "SELECT level_s, tile_id, event_count, amount_sum, amount_count, amount_min, amount_max, last_ts_us"
+    f" FROM feature_tiles WHERE {_KEY_SCOPE} AND level_s = ? AND tile_id BETWEEN ? AND ?"
+)
+_RAW_TERM = f"SELECT ts_us, amount_units FROM feature_raw WHERE {_KEY_SCOPE} AND ts_us > ? AND ts_us <= ?"
+
+
+def tiles_fetch(key: FeatureKey, spans: Sequence[tuple[int, int, int]]) -> Fetch:
+    """The tiles of ``key`` in each ``(level_s, first tile, last tile)`` span (at least one)."""
+    params: list[Any] = []
+    for level, first, last in spans:
+        params += [*key, level, first, last]
+    return Fetch(" UNION ALL ".join([_TILE_TERM] * len(spans)), params)
+
+
+def raw_fetch(key: FeatureKey, spans: Sequence[tuple[int, int]]) -> Fetch:
+    """The raw rows of ``key`` in each ``(lo, hi]`` span of ``ts_us`` (at least one)."""
+    params: list[Any] = []
+    for lo, hi in spans:
+        params += [*key, lo, hi]
+    return Fetch(" UNION ALL ".join([_RAW_TERM] * len(spans)), params)
+
+
+def key_seen_fetch(key: FeatureKey, cutoff_us: int | None) -> Fetch:
+    """One row when ``key`` has a tile (after the retention cut-off, if any), else none."""
+    if cutoff_us is None:
+        return Fetch(f"SELECT 1 FROM feature_tiles WHERE {_KEY_SCOPE} LIMIT 1", list(key))
+    top = LEVELS_SECONDS[-1]
+    return Fetch(f"SELECT 1 FROM feature_tiles WHERE {_KEY_SCOPE} AND tile_id >= ? AND level_s = {top} LIMIT 1",
+                 [*key, first_kept_tile(cutoff_us, top)])
+
+
+# The family's part of the semantic state digest (actors/operate/digest.py).
+FEATURE_DIGEST: tuple[tuple[str, str], ...] = (
+    ("feature_raw", "SELECT platform_run_id, scenario_run_id, key_type, key_id, ts_us, event_id, amount_units"
+                    " FROM feature_raw"),
+    ("feature_tiles", "SELECT platform_run_id, scenario_run_id, key_type, key_id, level_s, tile_id, event_count,"
+                      " amount_count, amount_sum, amount_min, amount_max, last_ts_us FROM feature_tiles"),
+)

@@ -17,7 +17,9 @@ _PLACEHOLDER = re.compile(r"\?")
 class Dialect:
     """Renders portable SQL for one backend.
 
-    Tokens: ``{without_rowid}`` (a clustered primary-key table where the backend has the notion).
+    Tokens: ``{without_rowid}`` (a clustered primary-key table where the backend has the notion);
+    ``{now_us}`` (the database server's clock, microseconds since the epoch, as a BIGINT
+    expression: leases are timed by it, never by a process's clock).
     """
 
     def __init__(self, name: str, *, numbered_params: bool, tokens: dict[str, str]) -> None:
@@ -35,6 +37,12 @@ class Dialect:
         return sql
 
 
-SQLITE = Dialect("sqlite", numbered_params=False, tokens={"without_rowid": "WITHOUT ROWID"})
-POSTGRES = Dialect("postgresql", numbered_params=True, tokens={"without_rowid": ""})
+SQLITE = Dialect("sqlite", numbered_params=False, tokens={
+    "without_rowid": "WITHOUT ROWID",
+    "now_us": "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+})
+POSTGRES = Dialect("postgresql", numbered_params=True, tokens={
+    "without_rowid": "",
+    "now_us": "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000) AS BIGINT)",
+})
 DIALECTS = {"sqlite": SQLITE, "postgresql": POSTGRES}

@@ -21,11 +21,10 @@ from ctxplane.actors.ingest.fencing import (
 from ctxplane.actors.ingest.leases import (
     RoundResult,
     assignment_mode,
-    db_now_sql,
     lease_round_program,
-    lease_rows_program,
     release_program,
 )
+from ctxplane.actors.tables.leases import db_now_sql, lease_rows_program
 from ctxplane.config.settings import Settings, StoreSettings
 from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.runtime.exceptions import UsageError

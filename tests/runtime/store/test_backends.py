@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from ctxplane.actors.ingest.apply import fetch_by_keys
+from ctxplane.actors.tables.keyed import fetch_by_keys
 from ctxplane.actors.tables.reads import checkpoints_program, join_snapshot_program
 from ctxplane.config.settings import StoreSettings
 from ctxplane.contracts.join import JoinRequest
