@@ -46,13 +46,18 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class ApplyFailed:
-    """Store-writer -> partition actor: batch ``seq`` was not committed."""
+    """Store-writer -> partition actor: batch ``seq`` was not committed.
+
+    ``fenced``: refused because the lease it was read under is gone (not a fault: the incarnation
+    is about to be stopped; see actors/ingest/fencing.py).
+    """
 
     topic: str
     partition: int
     seq: int
     retryable: bool
     error: str
+    fenced: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ Contract (architecture.md §Scale-out; the lease table is ``partition_leases``, 
   writes nothing at all (not even rows another owner is inserting concurrently), and while the
   check's lock is held no thief can take the partition over.
 - A failed check raises :class:`LeaseLost` naming every fenced-out tenure: the transaction rolls
-  back; the store-writer (:func:`refuse_fenced`) answers those batches ``ApplyFailed(retryable=False)``
+  back; the store-writer (:func:`refuse_fenced`) answers those batches ``ApplyFailed(retryable=False, fenced=True)``
   and re-runs the group without them. Nothing of a fenced batch is ever committed. On its way to the
   partition actor the refusal wakes the assigner, which stops the incarnation (see
   :class:`_FenceWatch` for why the actor itself sees an ``Applied``).
@@ -44,7 +44,7 @@ __all__ = ("FENCED", "LeaseLost", "LeasedWriter", "Tenure", "fence_program", "re
 
 log = structlog.get_logger("ctxplane.fencing")
 
-#: ``ApplyFailed.error`` of a fenced batch starts with this.
+#: The error text of a fenced batch's ``ApplyFailed`` (which carries ``fenced=True``) starts with this.
 FENCED: Final = "lease lost"
 
 # (scope, topic, partition, epoch): one owner's tenure of one partition.
@@ -88,7 +88,7 @@ def fence_program(batches: Sequence[ApplyBatch]) -> Program[None]:
 
 
 async def refuse_fenced(batches: Sequence[ApplyBatch], lost: LeaseLost) -> list[ApplyBatch]:
-    """Answer ``ApplyFailed(retryable=False)`` to every batch of a fenced-out tenure; return the
+    """Answer ``ApplyFailed(retryable=False, fenced=True)`` to every batch of a fenced-out tenure; return the
     others (in order) for the store-writer to re-run."""
     kept: list[ApplyBatch] = []
     refused: list[ApplyBatch] = []
@@ -97,7 +97,7 @@ async def refuse_fenced(batches: Sequence[ApplyBatch], lost: LeaseLost) -> list[
     log.warning("refusing batches read under a lost lease", batches=len(refused), detail=str(lost))
     for batch in refused:
         try:
-            await batch.reply_to.tell(ApplyFailed(batch.topic, batch.partition, batch.seq, False, str(lost)))
+            await batch.reply_to.tell(ApplyFailed(batch.topic, batch.partition, batch.seq, False, str(lost), fenced=True))
         except ActorUnavailable:
             pass  # the sender is gone already; its lease actor has taken it down
     return kept
@@ -134,7 +134,7 @@ class _FenceWatch:
         self._on_fenced = on_fenced
 
     async def tell(self, message: object) -> None:
-        if type(message) is ApplyFailed and message.error.startswith(FENCED):
+        if type(message) is ApplyFailed and message.fenced:
             tenure = self._tenure
             if not tenure.fenced:
                 tenure.fenced = True

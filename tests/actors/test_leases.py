@@ -146,7 +146,7 @@ async def test_a_batch_under_a_lost_lease_rolls_its_transaction_back(store: Stor
     kept = await refuse_fenced([_stamped(stale, epoch, _Recorder(replies)), fresh], raised.value)
     assert kept == [fresh]
     assert len(replies) == 1 and type(replies[0]) is ApplyFailed and not replies[0].retryable
-    assert replies[0].error.startswith(FENCED)
+    assert replies[0].fenced and replies[0].error.startswith(FENCED)
     await apply(store, kept)
     assert await _count(store, "SELECT count(*) FROM intake_dedupe") == 2
     # Unleased batches (lease_epoch None) are never fenced.
@@ -165,8 +165,8 @@ async def test_leased_writer_stamps_the_epoch_and_drains_a_fenced_incarnation_qu
     assert replies[-1] == Applied(ARRIVAL[0], 0, 0, "0") and not writer.fenced
     # Refused for a lost lease: the assigner is woken once; the actor sees its window drain
     # (an Applied carrying the batch's own next_offset), never a crash-worthy failure.
-    await sent[1].reply_to.tell(ApplyFailed(ARRIVAL[0], 0, 1, False, f"{FENCED}: x"))
-    await sent[2].reply_to.tell(ApplyFailed(ARRIVAL[0], 0, 2, False, f"{FENCED}: x"))
+    await sent[1].reply_to.tell(ApplyFailed(ARRIVAL[0], 0, 1, False, f"{FENCED}: x", fenced=True))
+    await sent[2].reply_to.tell(ApplyFailed(ARRIVAL[0], 0, 2, False, f"{FENCED}: x", fenced=True))
     assert fenced == [True] and writer.fenced
     assert replies[1:] == [Applied(ARRIVAL[0], 0, 1, "10"), Applied(ARRIVAL[0], 0, 2, "20")]
     # Other failures pass through untouched.
