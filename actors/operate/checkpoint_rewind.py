@@ -21,11 +21,12 @@ import structlog
 from ctxplane.actors.operate.checkpoint_audit import AuditEntry, audit_move
 from ctxplane.actors.operate.exclusive import exclusive_store
 from ctxplane.actors.resources import scope_of
+from ctxplane.actors.tables.checkpoints import move_checkpoint, stored_position_program
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.bus import FILE_LINE
 from ctxplane.runtime.exceptions import UsageError
-from ctxplane.runtime.store import Execute, Fetch, Program
+from ctxplane.runtime.store import Program
 
 __all__ = ("RewindReport", "rewind_checkpoint", "rewind_program")
 
@@ -68,13 +69,10 @@ def rewind_program(
     """
     if (to_offset is None) == (by is None):
         raise UsageError("give exactly one of --to-offset and --by")
-    rows = yield Fetch(
-        "SELECT next_offset, offset_kind FROM checkpoints WHERE scope = ? AND topic = ? AND partition_id = ?",
-        (scope, topic, partition),
-    )
-    if not rows:
+    position = yield from stored_position_program(scope, topic, partition)
+    if position is None:
         raise UsageError(f"no checkpoint for {topic} partition {partition} in scope {scope}: nothing to rewind")
-    current_text, kind = rows[0]
+    current_text, kind = position
     if kind != FILE_LINE:
         raise UsageError(f"{topic} partition {partition} has a {kind} checkpoint; rewind supports file_line only")
     current = int(current_text)
@@ -90,10 +88,7 @@ def rewind_program(
                 f"--to-offset {target} is past the checkpoint of {topic} partition {partition} ({current}): "
                 "a rewind only moves a checkpoint backward"
             )
-    yield Execute(
-        "UPDATE checkpoints SET next_offset = ?, updated_at_utc = ? WHERE scope = ? AND topic = ? AND partition_id = ?",
-        (str(target), now, scope, topic, partition),
-    )
+    yield move_checkpoint(scope, topic, partition, next_offset=str(target), now=now)
     yield audit_move(audit, at=now, scope=scope, topic=topic, partition=partition, from_offset=current_text,
                      to_offset=str(target), skipped=0)
     return RewindReport(scope, topic, partition, current_text, str(target), now)

@@ -39,8 +39,10 @@ from ctxplane.actors.operate.replay_manifest import ReplayManifest, replay_id
 from ctxplane.actors.operate.replay_windows import intake_rules, read_windows, resolve_windows
 from ctxplane.actors.operate.reporting import WorkReporter
 from ctxplane.actors.resources import open_bus, scope_of, tune_gc_for_ingest
+from ctxplane.actors.tables.checkpoints import restore_checkpoint
 from ctxplane.actors.tables.features import FeatureWriter
 from ctxplane.actors.tables.reads import basis_program, checkpoints_program
+from ctxplane.actors.tables.replays import record_replay
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.canonical import canonical_json, digest
 from ctxplane.contracts.classes import Plane
@@ -49,7 +51,7 @@ from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.exceptions import Interrupted, UsageError
 from ctxplane.runtime.signals import StopRequest
-from ctxplane.runtime.store import Execute, Program
+from ctxplane.runtime.store import Program
 
 __all__ = ("REPLAY_TOPIC_NOT_ALLOWED", "ReplayReport", "replay", "replay_group_program")
 
@@ -111,13 +113,6 @@ class ReplayReport:
         )
 
 
-_RESTORE_CHECKPOINT = (
-    "UPDATE checkpoints SET next_offset = ?, offset_kind = ?, watermark_ts_utc = ?"
-    " WHERE scope = ? AND topic = ? AND partition_id = ?"
-)
-_DROP_CHECKPOINT = "DELETE FROM checkpoints WHERE scope = ? AND topic = ? AND partition_id = ?"
-
-
 def replay_group_program(
     batches: Sequence[ApplyBatch],
     *,
@@ -131,21 +126,8 @@ def replay_group_program(
     outcome = yield from apply_program(batches, recorded_at=recorded_at, features=features)
     touched = {(b.scope, b.topic, b.partition) for b in batches}
     for key in sorted(touched & held.keys()):
-        previous = held[key]
-        if previous is None:
-            yield Execute(_DROP_CHECKPOINT, key)
-        else:
-            yield Execute(_RESTORE_CHECKPOINT, (previous.next_offset, previous.offset_kind, previous.watermark_ts_utc, *key))
+        yield restore_checkpoint(key, held[key])
     return outcome
-
-
-_RECORD_REPLAY = (
-    "INSERT INTO replays (replay_id, manifest_json, started_at_utc, finished_at_utc, events, applied, duplicates,"
-    " basis_json, basis_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (replay_id) DO UPDATE SET"
-    " manifest_json = excluded.manifest_json, started_at_utc = excluded.started_at_utc,"
-    " finished_at_utc = excluded.finished_at_utc, events = excluded.events, applied = excluded.applied,"
-    " duplicates = excluded.duplicates, basis_json = excluded.basis_json, basis_digest = excluded.basis_digest"
-)
 
 
 def _record_program(
@@ -155,10 +137,11 @@ def _record_program(
     """Read the applied basis of the replayed planes and record the replay, in one transaction."""
     bases = yield from basis_program(scope, planes)
     basis_digest = digest({plane: basis["basis_digest"] for plane, basis in bases.items()})
-    yield Execute(_RECORD_REPLAY, (
-        rid, canonical_json(manifest.canonical()).decode(), started_at, now_utc(), events,
-        counts.get("applied", 0), counts.get("duplicate", 0), canonical_json(bases).decode(), basis_digest,
-    ))
+    yield record_replay(
+        rid, manifest_json=canonical_json(manifest.canonical()).decode(), started_at=started_at,
+        finished_at=now_utc(), events=events, applied=counts.get("applied", 0),
+        duplicates=counts.get("duplicate", 0), basis_json=canonical_json(bases).decode(), basis_digest=basis_digest,
+    )
     return bases, basis_digest
 
 

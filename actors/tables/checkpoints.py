@@ -38,6 +38,12 @@ _UPSERT = (
     " watermark_ts_utc = excluded.watermark_ts_utc, updated_at_utc = excluded.updated_at_utc"
 )
 _STORED = "SELECT next_offset FROM checkpoints WHERE scope = ? AND topic = ? AND partition_id = ?"
+_POSITION = "SELECT next_offset, offset_kind FROM checkpoints WHERE scope = ? AND topic = ? AND partition_id = ?"
+_RESTORE = (
+    "UPDATE checkpoints SET next_offset = ?, offset_kind = ?, watermark_ts_utc = ?"
+    " WHERE scope = ? AND topic = ? AND partition_id = ?"
+)
+_DROP = "DELETE FROM checkpoints WHERE scope = ? AND topic = ? AND partition_id = ?"
 _MOVE = "UPDATE checkpoints SET next_offset = ?, updated_at_utc = ? WHERE scope = ? AND topic = ? AND partition_id = ?"
 _INSERT = (
     "INSERT INTO checkpoints (scope, topic, partition_id, plane, next_offset, offset_kind, watermark_ts_utc,"
@@ -80,6 +86,12 @@ def max_watermark_program(plane: str) -> Program[str | None]:
 def stored_offset_program(scope: str, topic: str, partition: int) -> Program[str | None]:
     rows = yield Fetch(_STORED, (scope, topic, partition))
     return rows[0][0] if rows else None
+
+
+def stored_position_program(scope: str, topic: str, partition: int) -> Program[tuple[str, str] | None]:
+    """``(next_offset, offset_kind)`` of a partition's checkpoint, or None when it has none."""
+    rows = yield Fetch(_POSITION, (scope, topic, partition))
+    return (rows[0][0], rows[0][1]) if rows else None
 
 
 # -- the apply program's step: forward only -------------------------------------------------------
@@ -140,6 +152,14 @@ def insert_checkpoint(
 def move_checkpoint(scope: str, topic: str, partition: int, *, next_offset: str, now: str) -> Execute:
     """Move a stored checkpoint to ``next_offset``, either way (its watermark is kept)."""
     return Execute(_MOVE, (next_offset, now, scope, topic, partition))
+
+
+def restore_checkpoint(key: tuple[str, str, int], previous: CheckpointRow | None) -> Execute:
+    """Put a partition's checkpoint back as ``previous`` was (its position and watermark), or remove it
+    when there was none: a replay's window that is not contiguous with the checkpoint leaves it as it was."""
+    if previous is None:
+        return Execute(_DROP, key)
+    return Execute(_RESTORE, (previous.next_offset, previous.offset_kind, previous.watermark_ts_utc, *key))
 
 
 def audit_row(
