@@ -1,6 +1,6 @@
 """Deployment configuration: one YAML file per profile, validated by pydantic.
 
-Rules (interfaces.md §3):
+Rules (docs/configuration.md):
 - unknown keys are errors; every problem is reported at once, one line each naming the dotted key,
   where it came from (the file or the environment variable) and, for an unknown key, the closest
   valid ones (:func:`inspect_settings`; ``ctxplane config check``);
@@ -121,7 +121,7 @@ class StoreSettings(_Section):
     busy_timeout_s: float = Field(default=5.0, gt=0)
     # SQLite memory per connection (the writer, each reader). The page cache is process heap; the
     # memory map counts in RSS as its pages are touched, up to the database size. Both were 128 MiB /
-    # 1 GiB once, which took a 10^6-event burst to 1.3 GB RSS (quality.md P7: <= 300 MB).
+    # 1 GiB once, which took a 10^6-event burst to 1.3 GB RSS (docs/performance.md §Targets, P7: <= 300 MB).
     sqlite_cache_mb: int = Field(default=32, ge=1)
     sqlite_mmap_mb: int = Field(default=0, ge=0)
 

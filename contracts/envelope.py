@@ -1,4 +1,4 @@
-"""The canonical event envelope and ContextPins (contracts.md §1).
+"""The canonical event envelope and ContextPins (docs/events.md §The envelope).
 
 Two views of the same schema: :class:`Envelope` (pydantic, for clients, generators and docs) and
 :func:`envelope_error` (hand-checked, for the ingest hot path). A property test keeps them in

@@ -1,4 +1,4 @@
-"""Health: GREEN / AMBER / RED with reason codes, from signals and a threshold policy (contracts.md §6).
+"""Health: GREEN / AMBER / RED with reason codes, from signals and a threshold policy (docs/health.md).
 
 Pure: the health actor gathers the signals; :func:`evaluate_health` decides. Replaying historical
 timestamps must not page anyone: an old watermark while checkpoints are fresh and nothing else is

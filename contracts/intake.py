@@ -1,7 +1,7 @@
 """Intake: one raw bus record in, exactly one verdict out — accepted, rejected (with a reason) or ignored.
 
 Pure and synchronous (sans-I/O): the partition actor calls :meth:`IntakeRules.classify` per record
-and forwards the verdicts to the store-writer. The checks run in the order of contracts.md §2 and
+and forwards the verdicts to the store-writer. The checks run in the order of docs/events.md §The order of the checks and
 the first failure wins. Nothing here raises on bad input: junk bytes are a :class:`Rejected`.
 """
 
@@ -274,7 +274,7 @@ class IntakeRules:
 
     @staticmethod
     def _join(common: dict[str, Any], payload: dict[str, Any], reject: Callable[[Reason, dict[str, Any]], Rejected]) -> Verdict:
-        # PAYLOAD_INVALID before JOIN_KEY_MISSING (contracts.md §2 order): an integer arrival_seq
+        # PAYLOAD_INVALID before JOIN_KEY_MISSING (docs/events.md §The order of the checks): an integer arrival_seq
         # beyond the BIGINT column is not a missing key but a value no store can hold.
         try:
             arrival_seq = sequence_number(payload.get("arrival_seq"))

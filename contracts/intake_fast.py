@@ -51,7 +51,7 @@ _NULL = msgspec.Raw(b"null")
 # gc=False: these structs hold only strings, ints and bytes, never a cycle; untracked, they cost the
 # garbage collector nothing.
 class _Envelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The canonical envelope's shape (contracts.md §1): types here, formats after decoding."""
+    """The canonical envelope's shape (docs/events.md §The envelope): types here, formats after decoding."""
 
     event_id: str
     event_type: str

@@ -1,4 +1,4 @@
-"""Messages between actors (architecture.md §Message protocols). Frozen, slotted, plain data."""
+"""Messages between actors (docs/architecture.md §Message flows). Frozen, slotted, plain data."""
 
 from __future__ import annotations
 

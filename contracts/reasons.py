@@ -1,4 +1,8 @@
-"""Reason codes: the wire vocabulary of the ledger and of query answers (contracts.md §2–4)."""
+"""Reason codes: the wire vocabulary of the ledger and of query answers.
+
+Which check gives which code: docs/events.md §Intake; the ledger's codes: docs/protocol.md §Reason codes
+of the apply-failure ledger.
+"""
 
 from __future__ import annotations
 

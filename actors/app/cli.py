@@ -1,4 +1,4 @@
-"""The ``ctxplane`` command line (interfaces.md §2).
+"""The ``ctxplane`` command line (README.md §Running it; every command: ``ctxplane --help``).
 
 Exit codes: 0 success; 2 bad usage or invalid configuration (one line naming the key); 1 runtime
 failure; 130 / 143 a ``replay`` or ``run --once`` stopped early by SIGINT / SIGTERM (one line saying

@@ -73,7 +73,7 @@ def _add_bus_location(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bus_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``bus`` and its sub-commands ``publish``, ``create`` and ``tail`` (interfaces.md §2)
+    """Register ``bus`` and its sub-commands ``publish``, ``create`` and ``tail`` (docs/events.md §The file bus)
     on the main CLI's sub-parsers. Each leaf parser sets ``func`` to its handler."""
     bus = subparsers.add_parser("bus", help="publish to, create or read the event bus")
     commands = bus.add_subparsers(dest="bus_command", metavar="COMMAND", required=True)

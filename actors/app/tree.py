@@ -1,4 +1,4 @@
-"""The supervision tree of one ``ctxplane run`` process (architecture.md §Supervision tree).
+"""The supervision tree of one ``ctxplane run`` process (docs/architecture.md §Supervision tree).
 
     root (rest_for_one)
     ├── store-writer        owns the write connection; group commits; acks; announces Committed

@@ -1,6 +1,6 @@
 """A loopback TCP fault proxy for drills: pass bytes through, cut connections, or blackhole them.
 
-There is no toxiproxy on the machines ctxplane is tested on (ecosystem.md §5), and a network fault
+There is no toxiproxy on the machines ctxplane is tested on, and a network fault
 is not something a test should fake inside the process under test. This proxy sits between a
 ``ctxplane run`` and its PostgreSQL server (the store DSN names the proxy's port) and has three
 modes, switched at any time:

@@ -1,6 +1,6 @@
 """Lease fencing: a process that lost a partition's lease can never commit a batch read under it.
 
-Contract (architecture.md §Scale-out; the lease table is ``partition_leases``, migration 0003):
+Contract (docs/operations.md §Leases and fencing; the lease table is ``partition_leases``, migration 0003):
 
 - A leased partition actor sends its batches through a :class:`LeasedWriter`, which stamps each
   :class:`ApplyBatch` with ``lease_epoch`` — the epoch of the lease its incarnation was started

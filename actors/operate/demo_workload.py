@@ -1,6 +1,6 @@
 """A synthetic but valid workload: context and traffic envelopes for N flows, plus what to expect.
 
-Every envelope is canonical (contracts.md §1): no extra top-level keys, ``ts_utc`` with exactly
+Every envelope is canonical (docs/events.md §The envelope): no extra top-level keys, ``ts_utc`` with exactly
 six fractional digits, hex64 fingerprints, hex32 run ids, full ContextPins including ``run_id``.
 Output is a pure function of the arguments (``seed`` drives amounts and currencies and is part of
 the pins), so tests and the demo script can compare runs exactly.

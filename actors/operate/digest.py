@@ -1,4 +1,4 @@
-"""The semantic state digest and the ledger digest (contracts.md §5), computed from the store alone.
+"""The semantic state digest and the ledger digest (docs/operations.md §State digest), computed from the store alone.
 
 The state digest covers what the planes *mean* — frames (role entries and payload hashes), binding
 claims, the dedupe registry, pins, feature raw events and tiles — as canonical rows sorted by key. It

@@ -1,5 +1,5 @@
 """The ledger family: ``apply_failures``, one row per rejected, mismatched, conflicting or late
-event (migration 0001; docs/contracts.md §4).
+event (migration 0001; docs/events.md §The apply-failure ledger).
 
 A row's identity is deterministic (:func:`failure_id`), so recording the same failure again, after
 a restart or a replay, is a no-op.

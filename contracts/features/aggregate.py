@@ -57,7 +57,7 @@ _AMOUNT_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASC
 # is the explicit half-even one.
 _DEC_CONTEXT = Context(prec=_MAX_AMOUNT_TEXT + 16, rounding=ROUND_HALF_EVEN)
 
-#: The aggregation vocabulary (contracts.md §4). Extend it, never rename. ``event_count`` is the
+#: The aggregation vocabulary (docs/configuration.md §Feature policy format). Extend it, never rename. ``event_count`` is the
 #: origin-compatible spelling of ``count`` (same value).
 AGGREGATIONS: frozenset[str] = frozenset(
     {"count", "event_count", "amount_sum", "amount_min", "amount_max", "last_event_ts_utc"}
@@ -82,7 +82,7 @@ def parse_amount(value: object) -> int | None:
     Returns:
         The amount × 10⁶ as an ``int``; ``None`` for ``bool``, ``None``, NaN/±inf, non-numeric
         strings, out-of-bound values and any other type. ``None`` means the event is counted in
-        ``count`` only (contracts.md §4) — it is never an error.
+        ``count`` only (docs/events.md §Event types, classes and planes) — it is never an error.
     """
     if type(value) is int:  # the common case first; also excludes bool (a subclass of int)
         if -MAX_ABS_AMOUNT <= value <= MAX_ABS_AMOUNT:

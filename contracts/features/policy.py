@@ -1,6 +1,6 @@
 """The feature-definition policy: pinned YAML format, validation, canonical digest.
 
-The format is pinned by contracts.md §4 so operators and outside harnesses can supply their own
+The format (docs/configuration.md §Feature policy format) is public so operators and outside harnesses can supply their own
 file; the origin platform's ``features_v0.yaml`` loads unchanged (a group without
 ``aggregations`` gets the origin's ``[event_count, amount_sum, last_event_ts_utc]``, a group
 without ``key_type``/``key_types`` is keyed by ``flow_id``, and a window may be written as a bare
@@ -60,7 +60,7 @@ class PolicyError(ConfigError, ValueError):
     """The feature policy is missing, unreadable or invalid.
 
     Raised by :func:`load_policy` and :func:`parse_policy`. The message is one line naming the
-    file and the offending key path; the process must refuse to start (contracts.md §4).
+    file and the offending key path; the process must refuse to start.
     """
 
 
@@ -292,7 +292,7 @@ def _reject_duplicates(values: tuple[str, ...], what: str) -> None:
 
 
 class FeaturePolicy(_Frozen):
-    """A validated feature policy (contracts.md §4). Build it with :func:`load_policy` or
+    """A validated feature policy. Build it with :func:`load_policy` or
     :func:`parse_policy`.
 
     Invariants: at least one group; ``(name, version)`` unique across groups; window names unique

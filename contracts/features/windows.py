@@ -4,12 +4,12 @@ Theory of operation
 ===================
 
 Time. Every timestamp in the feature plane is an ``int`` number of **microseconds since the Unix
-epoch, UTC**. The wire format (contracts.md §1) is RFC 3339 with exactly six fractional digits and
+epoch, UTC**. The wire format (docs/events.md §Timestamps) is RFC 3339 with exactly six fractional digits and
 ``Z``, so microseconds are the exact resolution: nothing is rounded, and integer comparison is the
 same as comparing the strings.
 
 Windows. A window of duration ``d`` at ``as_of = t`` aggregates exactly the events with
-``t − d < ts ≤ t`` (contracts.md §4): open on the left, closed on the right. Everything below
+``t − d < ts ≤ t`` (docs/architecture.md §Exact windows): open on the left, closed on the right. Everything below
 is written for such half-open-on-the-left intervals ``(a, b]``.
 
 Tiles. Aggregates are also kept per key in tiles of three levels: minute, hour and day. Tile ``k``

@@ -1,6 +1,6 @@
 """Shared pieces of the latency benchmarks (ingest_bench.py, query_bench.py).
 
-Only public surfaces: a real `ctxplane run` process, the file bus (interfaces.md §4) and the query
+Only public surfaces: a real `ctxplane run` process, the file bus (docs/events.md §The file bus) and the query
 socket (§5) through the shipped client. Latency is timed in separate client processes.
 """
 

@@ -1,4 +1,4 @@
-"""Ingest and query benchmarks (quality.md P1–P4): prints a table and writes ops/bench/results/ingest.json.
+"""Ingest and query benchmarks (docs/performance.md §Targets, P1–P4): prints a table and writes ops/bench/results/ingest.json.
 
     .venv/bin/python ops/bench/ingest_bench.py [--flows 20000] [--runs 3] [--backend sqlite|postgresql]
 

@@ -1,4 +1,4 @@
-"""Memory benchmark (quality.md P7): peak RSS of `ctxplane run --once`; prints a table, writes
+"""Memory benchmark (docs/performance.md §Targets, P7): peak RSS of `ctxplane run --once`; prints a table, writes
 ops/bench/results/memory.json.
 
     .venv/bin/python ops/bench/memory_bench.py [--line-mb 400] [--events 1000000] [--runs 1]
@@ -7,7 +7,7 @@ Two figures, each the peak RSS (``ru_maxrss`` from ``wait4``, so the whole life 
 one `run --once` into a fresh SQLite store (``synchronous=FULL``), next to the floor measured in the
 same run: the RSS of the same command over an empty bus (interpreter, imports, actor tree).
 - **oversized line**: a file bus holding a valid record, one ``--line-mb`` MB line of junk, and a
-  valid record (issue 15 item 10: the whole line used to be read before the size check);
+  valid record (the whole line must never be read before the size check);
 - **burst**: a demo workload of ``--events`` events (both planes, 6 topics x 4 partitions) waiting
   on the bus when the process starts — the 10x-producer burst of P7 at its worst, everything at once.
 The bus files are written once under ``--work`` (default: a temp dir) and reused by every run.

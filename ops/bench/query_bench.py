@@ -1,4 +1,4 @@
-"""Query latency benchmark (quality.md P3/P4, issue 13): prints one table and writes ops/bench/results/query.json.
+"""Query latency benchmark (docs/performance.md §Targets, P3/P4): prints one table and writes ops/bench/results/query.json.
 
     .venv/bin/python ops/bench/query_bench.py [--backend sqlite|postgresql|both] [--dsn DSN] [--seconds 6]
         [--rate 5000] [--flows 10000] [--hot-events 100000] [--workers N] [--quick]

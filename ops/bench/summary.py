@@ -1,4 +1,4 @@
-"""One table of every quality.md performance figure, each beside its floor and target.
+"""One table of every performance figure of docs/performance.md §Targets, each beside its floor and target.
 
     .venv/bin/python ops/bench/summary.py
 

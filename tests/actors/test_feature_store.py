@@ -3,7 +3,7 @@
 Random traffic goes through the real intake rules, the apply program (random batch splits and
 group-commit groupings) and the feature writer; answers come from ``FeaturePlane.read_program`` (one
 read snapshot) and the served snapshot. The oracle is a plain filter over the distinct events,
-``as_of − d < ts ≤ as_of`` (contracts.md §4), with amounts summed as decimals.
+``as_of − d < ts ≤ as_of`` (docs/architecture.md §Exact windows), with amounts summed as decimals.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Crash consistency: `kill -9` of a real `ctxplane run` at random moments during ingest (quality.md).
+"""Crash consistency: `kill -9` of a real `ctxplane run` at random moments during ingest (docs/performance.md §Reliability).
 
 The check after the drill is the same as after every drill: the state digest and the ledger digest
 equal those of a clean single pass over the same bus, no event is lost (the dedupe registry holds

@@ -1,4 +1,4 @@
-"""The failure drills of quality.md §Reliability, end to end: a real ``ctxplane run``, the real
+"""The failure drills (ops/RUNBOOK.md §2, docs/performance.md §Reliability), end to end: a real ``ctxplane run``, the real
 ``ctxplane drill`` CLI, real PostgreSQL (started by ``make test``) behind the real fault proxy.
 
 Each test runs one drill and then checks, independently of the drill's own verdict, the invariant
@@ -71,7 +71,7 @@ def _dsn(config: Path) -> str:
 
 
 def _assert_clean_pass_invariant(config: Path, tmp_path: Path, *, drill_duplicates: int, eb: Path | None = None) -> None:
-    """The check after every drill (quality.md): digests equal a clean single pass over the same
+    """The check after every drill (docs/performance.md §Reliability): digests equal a clean single pass over the same
     bus, and the duplicate counter explains every re-delivery (the bus's own and the drill's)."""
     eb = eb or config.parent / "eb"
     clean = clean_pass(tmp_path / "clean", eb)

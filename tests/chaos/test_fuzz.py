@@ -1,4 +1,4 @@
-"""Bad input into a running supervisor (quality.md §Reliability, "bad input").
+"""Bad input into a running supervisor (docs/performance.md §Reliability, "bad input").
 
 Fuzzed bus lines (junk bytes, JSON that is not an envelope, envelopes with wrong field types, deep
 nesting, huge lines) must become ledger rows only — one per non-blank line, the state digest

@@ -1,5 +1,5 @@
 """Scale-out drills: several `ctxplane run` processes share 4-shard Kinesis streams and one
-PostgreSQL store, coordinated by fenced partition leases (architecture.md §Scale-out).
+PostgreSQL store, coordinated by fenced partition leases (docs/operations.md §Leases and fencing).
 
 After every drill: the state digest equals a single-process file-bus run over the same events, the
 dedupe registry holds every event (no loss), and the ``applied`` counter equals the number of

@@ -92,7 +92,7 @@ def test_reason_codes(raw: bytes, reason: Reason) -> None:
 
 @pytest.mark.parametrize("seq", [2**63, 2**64 - 1, str(2**63), "1" * 40, "9" * 5000])
 def test_an_arrival_seq_beyond_bigint_is_payload_invalid_and_names_the_field(seq: object) -> None:
-    # 2**63 once crash-looped the store-writer (issue 15): no store column can hold it.
+    # 2**63 once crash-looped the store-writer: no store column can hold it.
     verdict = JOIN.classify(SRC, _line({**GOOD, "payload": {"merchant_id": "m", "arrival_seq": seq}}))
     assert isinstance(verdict, Rejected) and verdict.reason is Reason.PAYLOAD_INVALID
     assert verdict.details["field"] == "arrival_seq" and str(2**63 - 1) in verdict.details["error"]

@@ -1,4 +1,4 @@
-"""No payload value stops ingest (issue 15, item 2), through a real `ctxplane run --once` on each backend.
+"""No payload value stops ingest, through a real `ctxplane run --once` on each backend.
 
 Hypothesis generates payload values — huge and negative huge integers, floats, NaN and ±inf (written
 as the non-JSON literals ``NaN``/``Infinity``, as a sloppy producer would), digit strings up to
@@ -9,7 +9,7 @@ three records, all in ONE file bus read by ONE process run (seconds, not minutes
 - an entities event with the value as ``merchant_id``,
 - a traffic event with the value as ``amount`` and as the ``device_id`` feature key.
 
-The expected outcome of each record follows from the contract alone (contracts.md §2–4 and the
+The expected outcome of each record follows from the contract alone (docs/events.md §Intake and the
 BIGINT/TEXT column limits), applied to the value as JSON delivers it: the process exits 0, every
 partition's checkpoint reaches the end of its file, and the ledger holds exactly one row per bad
 record with the expected reason code — nothing else.

@@ -1,4 +1,4 @@
-"""Consumer-group tooling through the real CLI and a real store (issue 16 item 12): `status --offline`
+"""Consumer-group tooling through the real CLI and a real store: `status --offline`
 (positions and lag from the store and the bus, no process) and `checkpoint reset` (earliest / latest
 / a time / an offset, per topic or all partitions, `--dry-run`, forward only with `--allow-skip`,
 refused while a process runs, audited).

@@ -1,4 +1,4 @@
-"""Every error answer of every op carries ``code``, ``retryable`` and ``detail`` (contracts.md §3),
+"""Every error answer of every op carries ``code``, ``retryable`` and ``detail`` (docs/protocol.md §Errors),
 so a client classifies errors one way; join-plane statuses stay as pinned. Real ``ctxplane run``."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tests.support.workload import PINS, context_events, publish
 ERROR_CASES: list[tuple[dict[str, Any], str, str]] = [
     # (request, expected status, expected code)
     ({"op": "no_such_op"}, "ERROR", "INVALID_REQUEST"),
-    # No pins: MISSING_PINS, as on the feature plane (issue 15 item 6, one pin rule for both planes).
+    # No pins: MISSING_PINS, as on the feature plane (docs/architecture.md §Pins: one rule for every read).
     ({"op": "resolve_flow_binding", "flow_id": "f"}, "INVALID_REQUEST", "MISSING_PINS"),
     ({"op": "fetch_join_frame", "pins": PINS, "join_frame_key": {"merchant_id": "m", "arrival_seq": 2**63}},
      "INVALID_REQUEST", "INVALID_REQUEST"),

@@ -1,7 +1,7 @@
 """The feature plane end to end: a real `ctxplane run` process over SQLite, asked through the socket.
 
-Covers the origin's OFP scenarios that still make sense (origin §5.2), snapshot_hash identity
-(contracts.md §4), rebuild determinism (§5), freshness flags, errors and policy fail-closed.
+Covers the feature scenarios end to end, snapshot_hash identity
+(docs/protocol.md §get_features), rebuild determinism (docs/operations.md §Rebuild), freshness flags, errors and policy fail-closed.
 """
 
 from __future__ import annotations
@@ -102,13 +102,13 @@ def config(tmp_path: Path) -> Path:
 
 
 def applied_basis(topics: dict[str, dict[int, int]]) -> str:
-    """basis_digest of contracts.md §5 for the given next offsets."""
+    """basis_digest (docs/protocol.md §basis) for the given next offsets."""
     return digest({"stream": "ctxplane.features", "topics": {
         t: {str(p): {"next_offset": str(n), "offset_kind": "file_line"} for p, n in sorted(parts.items())}
         for t, parts in sorted(topics.items())}})
 
 
-# -- origin §5.2 ------------------------------------------------------------------------------------
+# -- feature scenarios ------------------------------------------------------------------------------------
 
 def test_two_events_for_one_flow_count_2_sum_15_and_a_rerun_changes_nothing(config: Path) -> None:
     publish(config.parent / "eb", [traffic(1, "flow-1", 1, 5), traffic(2, "flow-1", 2, "10")], partitions=1)

@@ -1,5 +1,5 @@
 """The SQLite store (db, WAL, SHM), its lock file and the reconciliation artifact are owner-only files,
-whatever the umask (issue 15 item 11), and making them so never costs the live writer its locks.
+whatever the umask, and making them so never costs the live writer its locks.
 
 An earlier attempt created the database file with ``os.close(os.open(path, O_CREAT, 0o600))``
 before *every* connection. Closing any descriptor of a file drops every POSIX lock the process holds

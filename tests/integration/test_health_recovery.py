@@ -1,4 +1,4 @@
-"""Health recovers (issue 16 item 1): counted signals count over the policy window and after the
+"""Health recovers: counted signals count over the policy window and after the
 operator's last acknowledgement, through a real `ctxplane run` and the real CLI."""
 
 from __future__ import annotations

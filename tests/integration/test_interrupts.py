@@ -1,4 +1,4 @@
-"""SIGINT / SIGTERM during `ctxplane replay` and `ctxplane run --once` (issue 15 item 9), real processes.
+"""SIGINT / SIGTERM during `ctxplane replay` and `ctxplane run --once`, real processes.
 
 Once, Ctrl-C during a replay of a 100k-event bus exited 139 (a segfault: asyncio's Ctrl-C handling
 cancelled the main task natively, the wait for the SQLite worker thread was abandoned, and the

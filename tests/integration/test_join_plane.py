@@ -1,4 +1,4 @@
-"""The join plane end to end through a real `ctxplane run` process and the socket (origin §5.1 scenarios)."""
+"""The join plane end to end through a real `ctxplane run` process and the socket."""
 
 from __future__ import annotations
 

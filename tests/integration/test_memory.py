@@ -1,4 +1,4 @@
-"""Memory bounds of a real `ctxplane run --once` (issue 15 item 10; quality.md P7), as peak RSS.
+"""Memory bounds of a real `ctxplane run --once` (docs/performance.md §Targets, P7), as peak RSS.
 
 Peak RSS is the process's whole-life high-water mark (``ru_maxrss`` from ``wait4``), not a sample,
 so the checks depend on no timing. Once, one 400 MB bus line took the process to 1.26 GB (lines

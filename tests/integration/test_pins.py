@@ -1,4 +1,4 @@
-"""One pin rule for both planes (issue 15 item 6), through a real `ctxplane run` and the socket.
+"""One pin rule for both planes, through a real `ctxplane run` and the socket.
 
 Every pin a request carries must equal the stored pins of what is served, or the answer is a
 fail-closed ``PINS_MISMATCH`` with no values; a required pin the request omits is ``MISSING_PINS``;

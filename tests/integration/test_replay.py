@@ -1,6 +1,6 @@
 """Replay, rebuild, rewind and determinism across restarts, through real `ctxplane` processes (SQLite).
 
-Every check is the drill check of quality.md: the state digest equals a clean single pass over the
+Every check is the drill check of docs/performance.md §Reliability: the state digest equals a clean single pass over the
 same events, the duplicate counter explains every re-delivery, and the ledger holds nothing extra.
 """
 

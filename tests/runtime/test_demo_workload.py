@@ -1,4 +1,4 @@
-"""The demo workload generator: canonical envelopes (contracts.md §1), deterministic per seed, with
+"""The demo workload generator: canonical envelopes (docs/events.md §The envelope), deterministic per seed, with
 the anomalies its expectations announce."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ctxplane.actors.operate.demo_workload import (
 )
 from ctxplane.runtime.bus import FileBus, partition_for
 
-# contracts.md §1, checked here independently of contracts/.
+# docs/events.md §The envelope, checked here independently of contracts/.
 HEX64 = re.compile(r"^[a-f0-9]{64}$")
 HEX32 = re.compile(r"^[a-f0-9]{32}$")
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")

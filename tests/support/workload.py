@@ -51,7 +51,7 @@ def envelope(event_type: str, payload: dict[str, Any], *, eid: str | None = None
 
 def context_events(seq: int, *, merchant: str | None = None, flow: str | None = None, ts_s: float | None = None,
                    anchor: tuple[str, str] = ANCHOR_FRAUD, pins: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, envelope) for the arrival, entities and anchor of one arrival (origin §2.9 shape)."""
+    """(topic, envelope) for the arrival, entities and anchor of one arrival."""
     merchant = merchant or f"m-{(seq % 7) + 1}"
     flow = flow or f"flow-{seq}"
     ts = float(seq) if ts_s is None else ts_s
