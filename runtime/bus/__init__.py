@@ -1,7 +1,7 @@
 """Event-bus adapters: one interface (:class:`EventBus`), the file bus, Kinesis, and partition routing.
 
 Adapters move raw bytes between a bus and the partition actors; decoding and validation happen in
-the pure intake core. See ``_base`` for the position model (opaque, exclusive-next).
+the pure intake core. See ``base.py`` for the position model (opaque, exclusive-next).
 """
 
 from __future__ import annotations

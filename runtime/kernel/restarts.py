@@ -10,7 +10,7 @@
   ``period`` seconds means give up (OTP's restart intensity), for supervisors and for the query
   actor's worker processes alike.
 
-AWS calls are retried by this policy too, not by botocore's (``runtime/bus/kinesis.py`` turns
+AWS calls are retried by this policy too, not by botocore's (``runtime/bus/kinesis/client.py`` turns
 botocore's retries off), so no retry loop ever runs inside another.
 """
 

@@ -105,7 +105,7 @@ async def test_a_shard_split_mid_stream_applies_every_record_once_parent_before_
             assert time.monotonic() < deadline, "\n".join(process.lines[-20:])
             await anyio.sleep(0.02)  # sync-ok: polling a condition with a deadline
         async with KinesisBus(endpoint_url=endpoint, region="us-east-1", streams=streams) as bus:
-            client = await bus._get_client()
+            client = await bus._calls.client()
             for topic in split:
                 await client.split_shard(StreamName=streams[topic], ShardToSplit="shardId-000000000000",
                                          NewStartingHashKey=str(2**127))

@@ -140,7 +140,7 @@ async def test_a_refused_cached_iterator_is_replaced_from_the_same_position() ->
         await bus.create_topic(TOPIC, 1)
         refs = await bus.publish_many(TOPIC, [("k", _env(i)) for i in range(6)])
         first = await bus.read(TOPIC, 0, None, 2, 1 << 20)
-        cursor = bus._cursors[(bus.stream_of(TOPIC), 0)]
+        cursor = bus._reader.cursors[(bus.stream_of(TOPIC), 0)]
         cursor.pending.clear()
         cursor.iterator = "bogus-iterator"  # moto answers a plain HTTP 500; AWS InvalidArgumentException
         rest, _ = await _drain(bus, 0, first.next_position)
@@ -153,7 +153,7 @@ async def test_split_shard_parent_drains_to_its_ending_and_children_name_it() ->
     async with bus:
         await bus.create_topic(TOPIC, 1)
         before = await bus.publish_many(TOPIC, [(f"m-{i}", _env(i)) for i in range(10)])
-        client = await bus._get_client()
+        client = await bus._calls.client()
         await client.split_shard(StreamName=stream, ShardToSplit="shardId-000000000000", NewStartingHashKey=str(2**127))
         after = await bus.publish_many(TOPIC, [(f"m-{i}", _env(i)) for i in range(10, 30)])
         shards = await bus.shards(TOPIC)
@@ -267,7 +267,7 @@ async def test_get_records_on_one_shard_are_paced() -> None:
         await bus.publish_many(TOPIC, [(f"m-{i}", _env(i)) for i in range(40)])
         for _ in range(6):
             await bus.read(TOPIC, 0, None, 1, 1 << 20)  # new cursor each time: one GetRecords per read
-            bus._cursors.clear()
+            bus._reader.cursors.clear()
         times = [t for op, t in fake.calls if op == "get_records"]
         assert all(b - a >= 0.049 for a, b in zip(times, times[1:], strict=False))
         start = anyio.current_time()
@@ -315,7 +315,7 @@ def test_settings_need_a_region_unless_the_endpoint_is_loopback(monkeypatch: pyt
         kinesis_bus_from_settings(BusSettings(kind="kinesis"))
     assert isinstance(kinesis_bus_from_settings(BusSettings(kind="kinesis", endpoint_url="http://127.0.0.1:1")), KinesisBus)
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    assert kinesis_bus_from_settings(BusSettings(kind="kinesis"))._region == "eu-west-1"
+    assert kinesis_bus_from_settings(BusSettings(kind="kinesis")).region == "eu-west-1"
 
 
 def test_drained_means_the_committed_position_reached_the_ending() -> None:
@@ -335,7 +335,7 @@ def test_the_kinesis_profile_loads() -> None:
 
 
 async def test_millis_behind_latest_is_kept_per_shard_and_forgotten_when_not_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ctxplane.runtime.bus.kinesis as kinesis_module
+    import ctxplane.runtime.bus.kinesis.progress as progress_module
 
     class Clock:
         now = 1000.0
@@ -344,7 +344,7 @@ async def test_millis_behind_latest_is_kept_per_shard_and_forgotten_when_not_ren
             return self.now
 
     clock = Clock()
-    monkeypatch.setattr(kinesis_module, "time", clock)
+    monkeypatch.setattr(progress_module, "time", clock)
     fake = FakeKinesis()
     async with _fake_bus(fake, reads_per_second=1000) as bus:
         await bus.create_topic(TOPIC, 2)
@@ -358,7 +358,7 @@ async def test_millis_behind_latest_is_kept_per_shard_and_forgotten_when_not_ren
         assert bus.behind_latest_ms(TOPIC, 1 - partition) is None
         assert bus.behind_latest_ms("no-such-topic", 0) is None
         # No GetRecords for longer than the TTL (its reader stopped, e.g. a lease moved): unknown.
-        clock.now += kinesis_module._BEHIND_TTL_S + 1
+        clock.now += progress_module._BEHIND_TTL_S + 1
         assert bus.behind_latest_ms(TOPIC, partition) is None
 
 
