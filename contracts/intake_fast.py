@@ -74,7 +74,7 @@ class _Envelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class _FileBusLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The file bus's wrapper around an envelope (runtime/bus/file.py)."""
+    """The file bus's wrapper around an envelope (runtime/bus/file/layout.py)."""
 
     payload: _Envelope
     partition_key: str | None = None

@@ -16,7 +16,7 @@ from ctxplane.runtime.exceptions import BusError
 
 __all__ = ("partition_for", "partition_key_for")
 
-# The payload fields tried, in order, when no key field is named (interfaces.md §2, `bus publish`).
+# The payload fields tried, in order, when no key field is named (docs/events.md §Publishing and routing).
 _DEFAULT_KEY_FIELDS = ("merchant_id", "flow_id")
 
 

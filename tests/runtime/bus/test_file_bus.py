@@ -1,4 +1,4 @@
-"""The file bus (interfaces.md §4) and the ``ctxplane bus`` sub-commands built on it."""
+"""The file bus (docs/events.md §The file bus) and the ``ctxplane bus`` sub-commands built on it."""
 
 from __future__ import annotations
 

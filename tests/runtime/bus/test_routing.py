@@ -1,4 +1,4 @@
-"""Partition routing: stable across processes, roughly uniform, keys as interfaces.md §2 says."""
+"""Partition routing: stable across processes, roughly uniform, keys as docs/events.md §Publishing and routing says."""
 
 from __future__ import annotations
 
