@@ -44,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -71,9 +71,10 @@ from ctxplane.actors.tables.reads import basis_program, checkpoints_program
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.canonical import canonical_json, digest
 from ctxplane.contracts.classes import Plane
-from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef, Verdict
+from ctxplane.contracts.intake import IntakeRules, SourceRef, Verdict
 from ctxplane.contracts.intake_fast import FastIntake
 from ctxplane.contracts.join import CheckpointRow
+from ctxplane.contracts.lateness import fold_lateness
 from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import now_utc, parse_ts_us
 from ctxplane.contracts.yamlfile import YAMLError, load_yaml
@@ -356,8 +357,8 @@ async def _produce(
 ) -> None:
     """Read and classify every window, in manifest order, into group commits of ~``group_records``.
 
-    Mirrors the partition actor's batch assembly (same classification, same lateness rule), so a
-    replay of a whole partition produces the verdicts a live pass would.
+    Mirrors the partition actor's batch assembly (same classification, the same lateness fold:
+    contracts/lateness.py), so a replay of a whole partition produces the verdicts a live pass would.
     """
     # The partition actor's classifier: the reference verdicts, a valid event in a fraction of the time.
     classifiers = {plane: FastIntake(plane_rules).classify for plane, plane_rules in rules.items()}
@@ -383,20 +384,14 @@ async def _produce(
                     # window's end; such records belong to the next window, not this one.
                     if int(record.offset) >= window.stop:
                         break
-                    verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind),
-                                       record.raw, record.full_size)
-                    if type(verdict) is Accepted:
-                        ts = verdict.ts_us
-                        if watermark is not None and ts < watermark - allowed:
-                            verdict = replace(verdict, late=True, watermark_us=watermark)
-                        if watermark is None or ts > watermark:
-                            watermark = ts
-                    verdicts.append(verdict)
+                    verdicts.append(classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind),
+                                             record.raw, record.full_size))
+                marked, watermark = fold_lateness(verdicts, watermark, allowed)
                 position = min(next_position, window.stop)
                 read_counter[0] += len(verdicts)
                 group.append(ApplyBatch(
                     plane=window.plane, scope=scope, topic=window.topic, partition=window.partition,
-                    offset_kind=bus.offset_kind, verdicts=tuple(verdicts), next_offset=str(position),
+                    offset_kind=bus.offset_kind, verdicts=marked, next_offset=str(position),
                     watermark_us=watermark, seq=seq, reply_to=None,
                 ))
                 seq += 1
