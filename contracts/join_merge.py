@@ -1,6 +1,6 @@
 """Join merge conflicts: which stored role rows and binding claims conflict, and what the ledger says of them.
 
-The join plane merges events into sets (docs/architecture.md §Tables): a frame's role rows keyed
+The join plane merges events into sets (docs/architecture.md §Storage): a frame's role rows keyed
 by (run, frame key, role, event) and a flow's binding claims keyed by (run, flow, frame key,
 anchor event). A conflict is a property of those sets, never of arrival order:
 
