@@ -30,6 +30,7 @@ __all__ = (
     "RoleEntry",
     "answer_join",
     "basis_of",
+    "frame_key_json",
     "invalid_join_answer",
     "parse_join_request",
     "pins_mismatch",
@@ -286,7 +287,7 @@ def answer_join(
             return done("CONFLICT", Reason.PINS_MISMATCH)
         claim = _first(snap.flow_claims)
         key = (request.pins["platform_run_id"], request.pins["scenario_run_id"], claim.merchant_id, claim.arrival_seq)
-        response["join_frame_key"] = _frame_key_json(key)
+        response["join_frame_key"] = frame_key_json(key)
         keys = {(c.merchant_id, c.arrival_seq) for c in snap.flow_claims}
         flows = {c.flow_id for c in snap.key_claims}
         if len(keys) > 1 or len(flows) > 1:
@@ -294,7 +295,7 @@ def answer_join(
             return done("CONFLICT", Reason.FLOW_BINDING_CONFLICT)
         response["flow_binding"] = {
             "flow_id": claim.flow_id,
-            "join_frame_key": _frame_key_json(key),
+            "join_frame_key": frame_key_json(key),
             "source_event": {"event_id": claim.event_id, "event_type": claim.event_type, "ts_utc": claim.ts_utc,
                              "eb_ref": {"topic": claim.topic, "partition": claim.partition, "offset": claim.offset,
                                         "offset_kind": claim.offset_kind}},
@@ -305,7 +306,7 @@ def answer_join(
         }
         evidence.append({"kind": "flow_binding_source_event", "ref": _ref_text(_claim_ref(claim))})
     assert key is not None
-    response["join_frame_key"] = _frame_key_json(key)
+    response["join_frame_key"] = frame_key_json(key)
     if not snap.roles:
         return done("MISSING_JOIN_FRAME", Reason.JOIN_FRAME_NOT_FOUND)
     for entry in snap.roles:
@@ -334,7 +335,8 @@ def answer_join(
     return done("READY", Reason.READY)
 
 
-def _frame_key_json(key: tuple[str, str, str, int]) -> dict[str, Any]:
+def frame_key_json(key: tuple[str, str, str, int]) -> dict[str, Any]:
+    """A frame key ``(platform_run_id, scenario_run_id, merchant_id, arrival_seq)`` as answers and the ledger show it."""
     return {"platform_run_id": key[0], "scenario_run_id": key[1], "merchant_id": key[2], "arrival_seq": key[3]}
 
 

@@ -28,8 +28,8 @@ is per event.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ from ctxplane.actors.tables.ledger import failure_id, record_failures
 from ctxplane.contracts.canonical import canonical_json
 from ctxplane.contracts.classes import Plane
 from ctxplane.contracts.intake import Accepted, Ignored, Rejected, SourceRef
+from ctxplane.contracts.join_merge import ClaimRow, Conflict, RoleRow, binding_conflicts, role_conflicts
 from ctxplane.contracts.messages import ApplyBatch, PartitionPosition
 from ctxplane.contracts.reasons import Reason
 from ctxplane.contracts.timestamps import format_ts_us
@@ -239,43 +240,21 @@ def _write_join(events: Sequence[Accepted], ledger: _Ledger, outcome: ApplyOutco
     # (Every accepted join event has its frame key: intake rejects one without as JOIN_KEY_MISSING.)
     outcome.touched_frames.update({(v.platform_run_id, v.scenario_run_id, v.merchant_id, v.arrival_seq) for v in events
                                    if v.merchant_id is not None and v.arrival_seq is not None})
-    per_role: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
-    for row in (yield Fetch(ROLE_CONFLICTS)):
-        per_role[row[:5]].append(row)
-    for (run, scenario, merchant, seq, role), rows in per_role.items():
-        if len(rows) > 1:
-            details = {"role": role, "join_frame_key": _key_json(run, scenario, merchant, seq),
-                       "event_ids": sorted(r[5] for r in rows)}
-            for row in rows:
-                ledger.add(Plane.JOIN.value, SourceRef(row[7], row[8], row[9], row[10]),
-                           Reason.JOIN_FRAME_ROLE_CONFLICT, details, event_id=row[5], event_type=row[6],
-                           platform_run_id=run, scenario_run_id=scenario)
+    roles = yield Fetch(ROLE_CONFLICTS)
+    _record_conflicts(ledger, role_conflicts(map(RoleRow._make, roles)))
     if not anchors:
         return
     # ... and among touched bindings (a flow claiming two keys, or a key claimed by two flows).
     outcome.touched_flows.update({(v.platform_run_id, v.scenario_run_id, v.flow_id) for v in events if v.flow_id is not None})
-    claims = {row[:6]: row for row in (yield Fetch(BINDING_CONFLICTS))}
-    for conflict_rows, details in _binding_conflicts(claims.values()):
-        for row in conflict_rows:
-            ledger.add(Plane.JOIN.value, SourceRef(row[7], row[8], row[9], row[10]), Reason.FLOW_BINDING_CONFLICT,
-                       details, event_id=row[5], event_type=row[6], platform_run_id=row[0], scenario_run_id=row[1])
+    claims = yield Fetch(BINDING_CONFLICTS)
+    _record_conflicts(ledger, binding_conflicts(map(ClaimRow._make, claims)))
 
 
-def _key_json(run: str, scenario: str, merchant: str, seq: int) -> dict[str, Any]:
-    return {"platform_run_id": run, "scenario_run_id": scenario, "merchant_id": merchant, "arrival_seq": seq}
+def _record_conflicts(ledger: _Ledger, conflicts: Iterable[Conflict[RoleRow] | Conflict[ClaimRow]]) -> None:
+    """A ledger row for every event of every conflict (contracts/join_merge.py decides which)."""
+    for conflict in conflicts:
+        for row in conflict.rows:
+            ledger.add(Plane.JOIN.value, row.source, conflict.reason, conflict.details, event_id=row.event_id,
+                       event_type=row.event_type, platform_run_id=row.platform_run_id,
+                       scenario_run_id=row.scenario_run_id)
 
-
-def _binding_conflicts(claims: Iterable[Row]) -> Iterator[tuple[list[Row], dict[str, Any]]]:
-    by_flow: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
-    by_key: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
-    for row in claims:
-        by_flow[row[:3]].append(row)
-        by_key[(row[0], row[1], row[3], row[4])].append(row)
-    for (_run, _scenario, flow_id), rows in by_flow.items():
-        if len({(r[3], r[4]) for r in rows}) > 1:
-            yield rows, {"flow_id": flow_id, "kind": "flow_bound_to_several_keys",
-                         "join_frame_keys": sorted({(r[3], r[4]) for r in rows})}
-    for (run, scenario, merchant, seq), rows in by_key.items():
-        if len({r[2] for r in rows}) > 1:
-            yield rows, {"join_frame_key": _key_json(run, scenario, merchant, seq),
-                         "kind": "key_claimed_by_several_flows", "flow_ids": sorted({r[2] for r in rows})}

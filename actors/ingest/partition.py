@@ -2,9 +2,10 @@
 
 Protocol (architecture.md §Message protocols):
 - on start it reads its committed checkpoint (the database is the state) and resumes there;
-- it reads up to ``batch_max_records`` records, classifies them in the pure intake core, and
-  ``tell``s one :class:`ApplyBatch` to the store-writer — waiting when that mailbox is full, which is
-  how backpressure reaches the bus reader;
+- it reads up to ``batch_max_records`` records, classifies them in the pure intake core, marks the
+  late ones against its watermark (contracts/lateness.py), and ``tell``s one :class:`ApplyBatch` to
+  the store-writer — waiting when that mailbox is full, which is how backpressure reaches the bus
+  reader;
 - at most ``inflight_batches`` batches are unacknowledged; :class:`Applied` acks arrive in order;
 - when it finds nothing it waits for an ack, a stop, a :class:`~ctxplane.actors.ingest.wakeup.Wake`
   from the bus watcher, or its back-off poll (``actors/ingest/wakeup.py``), then reads again;
@@ -29,8 +30,9 @@ from ctxplane.actors.ingest.progress import IngestProgress
 from ctxplane.actors.ingest.wakeup import IdleBackoff
 from ctxplane.actors.tables.reads import checkpoints_program
 from ctxplane.contracts.classes import Plane
-from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef
+from ctxplane.contracts.intake import IntakeRules, SourceRef, Verdict
 from ctxplane.contracts.intake_fast import FastIntake
+from ctxplane.contracts.lateness import fold_lateness
 from ctxplane.contracts.messages import Applied, ApplyBatch, ApplyFailed
 from ctxplane.contracts.timestamps import parse_ts_us
 from ctxplane.runtime.bus import EventBus
@@ -180,28 +182,20 @@ class PartitionActor(Actor):
         if not result.records and result.next_position == self.position:
             return None
         classify = self._classify
-        watermark = self.watermark_us
-        allowed = cfg.allowed_lateness_us
-        verdicts = []
+        verdicts: list[Verdict] = []
         for index, record in enumerate(result.records):
             if index and not index % _YIELD_EVERY:
                 # Let the query actor answer between chunks: a 2000-record batch classifies in
                 # tens of milliseconds, which would otherwise be a latency spike for every query.
                 await anyio.lowlevel.checkpoint()
-            verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind), record.raw,
-                               record.full_size)
-            if type(verdict) is Accepted:
-                ts = verdict.ts_us
-                if watermark is not None and ts < watermark - allowed:
-                    verdict = _late(verdict, watermark)
-                if watermark is None or ts > watermark:
-                    watermark = ts
-            verdicts.append(verdict)
+            verdicts.append(classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind),
+                                     record.raw, record.full_size))
+        marked, watermark = fold_lateness(verdicts, self.watermark_us, cfg.allowed_lateness_us)
         self.position = result.next_position
         self.watermark_us = watermark
         return ApplyBatch(
             plane=cfg.plane, scope=cfg.scope, topic=cfg.topic, partition=cfg.partition,
-            offset_kind=self._bus.offset_kind, verdicts=tuple(verdicts), next_offset=result.next_position,
+            offset_kind=self._bus.offset_kind, verdicts=marked, next_offset=result.next_position,
             watermark_us=watermark, seq=seq, reply_to=ctx.self_ref,
         )
 
@@ -210,9 +204,3 @@ def _writer_alive(writer: Any) -> bool:
     """False once the store-writer incarnation our batches went to has ended (crashed or stopped)."""
     state = getattr(writer, "state", ActorState.RUNNING)  # a writer without a state (a wrapper): assume alive
     return state in (ActorState.STARTING, ActorState.RUNNING, ActorState.STOPPING)
-
-
-def _late(verdict: Accepted, watermark: int) -> Accepted:
-    from dataclasses import replace
-
-    return replace(verdict, late=True, watermark_us=watermark)

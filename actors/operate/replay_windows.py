@@ -10,7 +10,7 @@ so a replay of a whole partition produces the verdicts a live pass would. Applyi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from anyio.streams.memory import MemoryObjectSendStream
@@ -18,9 +18,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ctxplane.actors.operate.replay_manifest import ReplayManifest
 from ctxplane.config.settings import Settings
 from ctxplane.contracts.classes import Plane
-from ctxplane.contracts.intake import Accepted, IntakeRules, SourceRef, Verdict
+from ctxplane.contracts.intake import IntakeRules, SourceRef, Verdict
 from ctxplane.contracts.intake_fast import FastIntake
 from ctxplane.contracts.join import CheckpointRow
+from ctxplane.contracts.lateness import fold_lateness
 from ctxplane.contracts.messages import ApplyBatch
 from ctxplane.contracts.timestamps import parse_ts_us
 from ctxplane.runtime.bus import EventBus
@@ -110,8 +111,8 @@ async def read_windows(
 ) -> None:
     """Read and classify every window, in manifest order, into group commits of ~``group_records``.
 
-    Mirrors the partition actor's batch assembly (same classification, same lateness rule), so a
-    replay of a whole partition produces the verdicts a live pass would.
+    Mirrors the partition actor's batch assembly (same classification, the same lateness fold:
+    contracts/lateness.py), so a replay of a whole partition produces the verdicts a live pass would.
     """
     # The partition actor's classifier: the reference verdicts, a valid event in a fraction of the time.
     classifiers = {plane: FastIntake(plane_rules).classify for plane, plane_rules in rules.items()}
@@ -137,20 +138,14 @@ async def read_windows(
                     # window's end; such records belong to the next window, not this one.
                     if int(record.offset) >= window.stop:
                         break
-                    verdict = classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind),
-                                       record.raw, record.full_size)
-                    if type(verdict) is Accepted:
-                        ts = verdict.ts_us
-                        if watermark is not None and ts < watermark - allowed:
-                            verdict = replace(verdict, late=True, watermark_us=watermark)
-                        if watermark is None or ts > watermark:
-                            watermark = ts
-                    verdicts.append(verdict)
+                    verdicts.append(classify(SourceRef(record.topic, record.partition, record.offset, record.offset_kind),
+                                             record.raw, record.full_size))
+                marked, watermark = fold_lateness(verdicts, watermark, allowed)
                 position = min(next_position, window.stop)
                 read_counter[0] += len(verdicts)
                 group.append(ApplyBatch(
                     plane=window.plane, scope=scope, topic=window.topic, partition=window.partition,
-                    offset_kind=bus.offset_kind, verdicts=tuple(verdicts), next_offset=str(position),
+                    offset_kind=bus.offset_kind, verdicts=marked, next_offset=str(position),
                     watermark_us=watermark, seq=seq, reply_to=None,
                 ))
                 seq += 1
