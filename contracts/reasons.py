@@ -29,7 +29,7 @@ class Reason(StrEnum):
     FLOW_BINDING_CONFLICT = "FLOW_BINDING_CONFLICT"
     JOIN_FRAME_ROLE_CONFLICT = "JOIN_FRAME_ROLE_CONFLICT"
     # The database refused the record's values (a number beyond its column, text it cannot hold):
-    # isolated from its group commit and ledgered instead (actors/_isolate.py).
+    # isolated from its group commit and ledgered instead (actors/ingest/isolate.py).
     STORE_REJECTED = "STORE_REJECTED"
     # Annotations: the event was applied, the row only records a remark about it.
     LATE_CONTEXT_EVENT = "LATE_CONTEXT_EVENT"

@@ -81,7 +81,7 @@ class StoreDataError(StoreError):
     """The database refused a value the program wrote or looked up: an integer beyond its 64-bit
     column, text it cannot store, a violated constraint. Deterministic: the same program fails the
     same way on every retry, so the store-writer isolates the record instead of retrying
-    (``actors/_isolate.py``). Raised by both backends, never for connection problems."""
+    (``actors/ingest/isolate.py``). Raised by both backends, never for connection problems."""
 
 
 class Interrupted(CtxplaneError):

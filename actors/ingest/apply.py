@@ -14,7 +14,8 @@ Steps (the store-writer runs this inside one write transaction; the numbers matc
      (actors/tables/features.py); lateness annotations and rejection ledger rows
      (actors/tables/ledger.py);
   4. detect conflicts among the touched frames and flows with one query each over the staged keys,
-     which returns only the rows involved in a conflict, and record every event involved;
+     which returns only the rows involved in a conflict; the conflict rules are contracts/join_merge.py,
+     and every event involved gets a ledger row;
   5. bump the intake counters (actors/tables/dedupe.py, like the registry of step 1);
   6. advance each touched partition's checkpoint (forward only) and watermark
      (actors/tables/checkpoints.py).

@@ -8,7 +8,7 @@ Commit protocol, per group commit (steps match the code):
      ``Retry`` over :data:`STORE_RETRY`): no ack, no
      loss, no crash loop — partition actors stall on backpressure meanwhile; on StoreDataError (a
      value the database refuses, which no retry fixes), find the record, ledger it as
-     STORE_REJECTED and commit the rest (``actors/_isolate.py``);
+     STORE_REJECTED and commit the rest (``actors/ingest/isolate.py``);
   4. after the commit returned, reply ``Applied`` to each batch's sender, in order;
   5. announce ``Committed`` to the checkpoint and query actors (wakes ``wait_ms`` waiters).
 
