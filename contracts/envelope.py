@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from ctxplane.contracts.answers import ErrorCode
 from ctxplane.contracts.limits import is_sql_text
 from ctxplane.contracts.timestamps import TS_PATTERN
 
@@ -255,7 +256,7 @@ def field_check(name: str) -> Callable[[object], bool]:
     return _CHECKS[name][1]
 
 
-def pins_problem(pins: object) -> tuple[str, str] | None:
+def pins_problem(pins: object) -> tuple[ErrorCode, str] | None:
     """Validate request pins; ``None`` when valid, else ``(code, detail)`` naming every problem.
 
     ``code`` is ``MISSING_PINS`` when pins are absent or a required pin is omitted (or ``null``),
@@ -266,7 +267,7 @@ def pins_problem(pins: object) -> tuple[str, str] | None:
     if not problems:
         return None
     missing = not pins or (bool(problems.missing) and not problems.not_object)
-    return ("MISSING_PINS" if missing else "INVALID_REQUEST"), problems.detail()
+    return (ErrorCode.MISSING_PINS if missing else ErrorCode.INVALID_REQUEST), problems.detail()
 
 
 def pins_mismatch(request_pins: Mapping[str, Any], stored_pins: Mapping[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from ctxplane.contracts.answers import Status
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.classes import Role
 from ctxplane.contracts.envelope import pins_error, pins_mismatch, pins_problem
@@ -269,7 +270,7 @@ def answer_join(
     if request.flow_id is not None:
         response["flow_id"] = request.flow_id
 
-    def done(status: str, reason: Reason) -> dict[str, Any]:
+    def done(status: Status, reason: Reason) -> dict[str, Any]:
         response["status"] = status
         response["reason_codes"] = [reason.value]
         if status.startswith("MISSING") and lag is not None:
@@ -280,11 +281,11 @@ def answer_join(
     key = request.key
     if request.op == "resolve_flow_binding":
         if not snap.flow_claims:
-            return done("MISSING_BINDING", Reason.FLOW_BINDING_NOT_FOUND)
+            return done(Status.MISSING_BINDING, Reason.FLOW_BINDING_NOT_FOUND)
         # Every claim served (this flow's, and other flows' claims on its key, named in a binding
         # conflict) must carry the request's pins: one rule with the frame and the feature plane.
         if any(pins_mismatch(request.pins, _stored_pins(c.pins_json)) for c in (*snap.flow_claims, *snap.key_claims)):
-            return done("CONFLICT", Reason.PINS_MISMATCH)
+            return done(Status.CONFLICT, Reason.PINS_MISMATCH)
         claim = _first(snap.flow_claims)
         key = (request.pins["platform_run_id"], request.pins["scenario_run_id"], claim.merchant_id, claim.arrival_seq)
         response["join_frame_key"] = frame_key_json(key)
@@ -292,7 +293,7 @@ def answer_join(
         flows = {c.flow_id for c in snap.key_claims}
         if len(keys) > 1 or len(flows) > 1:
             response["conflict"] = {"join_frame_keys": [list(k) for k in sorted(keys)], "flow_ids": sorted(flows)}
-            return done("CONFLICT", Reason.FLOW_BINDING_CONFLICT)
+            return done(Status.CONFLICT, Reason.FLOW_BINDING_CONFLICT)
         response["flow_binding"] = {
             "flow_id": claim.flow_id,
             "join_frame_key": frame_key_json(key),
@@ -308,10 +309,10 @@ def answer_join(
     assert key is not None
     response["join_frame_key"] = frame_key_json(key)
     if not snap.roles:
-        return done("MISSING_JOIN_FRAME", Reason.JOIN_FRAME_NOT_FOUND)
+        return done(Status.MISSING_JOIN_FRAME, Reason.JOIN_FRAME_NOT_FOUND)
     for entry in snap.roles:
         if pins_mismatch(request.pins, _stored_pins(entry.pins_json)):
-            return done("CONFLICT", Reason.PINS_MISMATCH)
+            return done(Status.CONFLICT, Reason.PINS_MISMATCH)
     frame, conflicts = _frame(key, snap.roles, required_roles)
     response["context_refs"] = {role: frame[f"{role}_ref"] for role in frame["roles_present"]}
     for role in frame["roles_present"]:
@@ -327,12 +328,12 @@ def answer_join(
         response["join_frame"] = frame
     if conflicts:
         response["join_frame"] = frame
-        return done("CONFLICT", Reason.JOIN_FRAME_ROLE_CONFLICT)
+        return done(Status.CONFLICT, Reason.JOIN_FRAME_ROLE_CONFLICT)
     if not frame["context_complete"]:
         response["join_frame"] = frame
-        return done("MISSING_JOIN_FRAME", Reason.JOIN_FRAME_INCOMPLETE)
+        return done(Status.MISSING_JOIN_FRAME, Reason.JOIN_FRAME_INCOMPLETE)
     response["join_frame"] = frame
-    return done("READY", Reason.READY)
+    return done(Status.READY, Reason.READY)
 
 
 def frame_key_json(key: tuple[str, str, str, int]) -> dict[str, Any]:
@@ -353,7 +354,7 @@ def invalid_join_answer(detail: str, request: Mapping[str, Any], request_id: str
     code = problem[0] if problem is not None and problem[1] == detail else Reason.INVALID_REQUEST.value
     return {
         "request_id": request_id,
-        "status": "INVALID_REQUEST",
+        "status": Status.INVALID_REQUEST,
         "reason_codes": [code],
         # Like every error answer of every op: a code, whether a retry can help, and why.
         "code": code,

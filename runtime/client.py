@@ -198,7 +198,7 @@ class AsyncClient(_Calls):
         return await self._call(request, self._deadline(deadline_ms, wait_ms))
 
     async def health(self, *, deadline_ms: int | None = None) -> dict[str, Any]:
-        """The health report (``{"status": "OK", "health": {...}}``)."""
+        """The health report (``{"status": Status.OK, "health": {...}}``)."""
         return await self._call({"op": "health"}, self._deadline(deadline_ms, 0))
 
     async def basis(self, plane: str | None = None, *, deadline_ms: int | None = None) -> dict[str, Any]:
@@ -377,7 +377,7 @@ class Client(_Calls):
         return self._call(request, self._deadline(deadline_ms, wait_ms))
 
     def health(self, *, deadline_ms: int | None = None) -> dict[str, Any]:
-        """The health report (``{"status": "OK", "health": {...}}``)."""
+        """The health report (``{"status": Status.OK, "health": {...}}``)."""
         return self._call({"op": "health"}, self._deadline(deadline_ms, 0))
 
     def basis(self, plane: str | None = None, *, deadline_ms: int | None = None) -> dict[str, Any]:

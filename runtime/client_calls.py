@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
+from ctxplane.contracts.answers import ERROR_STATUSES
 from ctxplane.contracts.envelope import PIN_FIELDS, pins_problems
 from ctxplane.contracts.timestamps import canonical_instant
 from ctxplane.runtime.exceptions import CtxplaneError
@@ -48,7 +49,6 @@ __all__ = (
 )
 
 #: Statuses of error answers; every other status (MISSING_*, CONFLICT included) is an answer.
-ERROR_STATUSES = frozenset({"ERROR", "INVALID_REQUEST", "UNAVAILABLE"})
 
 # Backoff between attempts: doubling from the base, capped, with jitter (half fixed, half random) so
 # clients shed by OVERLOADED at the same moment do not come back at the same moment.

@@ -26,6 +26,7 @@ from anyio.abc import ByteStream, SocketListener, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ctxplane.config.settings import is_loopback
+from ctxplane.contracts.answers import ErrorCode, Status
 from ctxplane.runtime.endpoint import parse_listen
 from ctxplane.runtime.exceptions import UsageError
 
@@ -103,8 +104,8 @@ def _is_health(line: bytes) -> bool:
 log = structlog.get_logger("ctxplane.server")
 
 
-def error_response(code: str, detail: str, *, request_id: Any = None, retryable: bool = False) -> dict[str, Any]:
-    return {"status": "ERROR", "code": code, "retryable": retryable, "detail": detail, "request_id": request_id}
+def error_response(code: ErrorCode, detail: str, *, request_id: Any = None, retryable: bool = False) -> dict[str, Any]:
+    return {"status": Status.ERROR, "code": code, "retryable": retryable, "detail": detail, "request_id": request_id}
 
 
 class LineServer:
@@ -229,7 +230,7 @@ class LineServer:
     async def _overflow(self, stream: ByteStream) -> None:
         """Every slot is taken: answer one ``health`` request (so that an operator can see the
         overload) on one of a few reserved slots; anything else is ``OVERLOADED``."""
-        overloaded = error_response("OVERLOADED", "too many connections", retryable=True)
+        overloaded = error_response(ErrorCode.OVERLOADED, "too many connections", retryable=True)
         try:
             self._reserved.acquire_nowait()
         except anyio.WouldBlock:
@@ -267,7 +268,7 @@ class LineServer:
                             break  # the client has gone: nothing more to answer
                         finally:
                             peer.pending -= 1
-                        if response.get("code") == "UNAUTHORIZED":
+                        if response.get("code") == ErrorCode.UNAUTHORIZED:
                             break  # a client that fails authentication gets no second try on this connection
                 tg.cancel_scope.cancel()
         finally:
@@ -298,8 +299,7 @@ class LineServer:
                     if waited.cancelled_caught:
                         if partial:
                             peer.pending += 1
-                            await requests.send(error_response(
-                                "INVALID_REQUEST",
+                            await requests.send(error_response(ErrorCode.INVALID_REQUEST,
                                 f"request line not completed within {self._request_read_timeout_s:g} s "
                                 "(query.request_read_timeout_s)"))
                             return
@@ -315,7 +315,7 @@ class LineServer:
                             if len(buffer) > self._max_line:
                                 if not discarding:
                                     peer.pending += 1
-                                    await requests.send(error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
+                                    await requests.send(error_response(ErrorCode.INVALID_REQUEST, f"request line exceeds {self._max_line} bytes"))
                                 discarding = True
                                 buffer.clear()
                             break
@@ -327,7 +327,7 @@ class LineServer:
                             continue
                         if len(line) > self._max_line:
                             peer.pending += 1
-                            await requests.send(error_response("INVALID_REQUEST", f"request line exceeds {self._max_line} bytes"))
+                            await requests.send(error_response(ErrorCode.INVALID_REQUEST, f"request line exceeds {self._max_line} bytes"))
                             continue
                         if line.strip():
                             authenticated = True  # a wrong token closes the connection after its answer
@@ -342,9 +342,9 @@ class LineServer:
         try:
             request = orjson.loads(line)
         except orjson.JSONDecodeError:
-            return error_response("INVALID_REQUEST", "request is not valid JSON")
+            return error_response(ErrorCode.INVALID_REQUEST, "request is not valid JSON")
         if not isinstance(request, dict):
-            return error_response("INVALID_REQUEST", "request must be a JSON object")
+            return error_response(ErrorCode.INVALID_REQUEST, "request must be a JSON object")
         request_id = request.get("request_id")
         if self._auth is not None:
             token = request.pop("auth", None)
@@ -352,7 +352,7 @@ class LineServer:
                 self.auth_failures += 1
                 if self._on_auth_failure is not None:
                     self._on_auth_failure()
-                return error_response("UNAUTHORIZED", "missing or wrong auth token", request_id=request_id)
+                return error_response(ErrorCode.UNAUTHORIZED, "missing or wrong auth token", request_id=request_id)
         else:
             request.pop("auth", None)
         try:
@@ -361,7 +361,7 @@ class LineServer:
             # The handler owns op errors (the query actor answers its own, shaped per op); this is the
             # last resort for one it did not catch: answered for this request only, never the socket's end.
             log.exception("request handler failed", request_id=request_id if isinstance(request_id, str) else None)
-            return error_response("INTERNAL_ERROR", "internal error", request_id=request_id)
+            return error_response(ErrorCode.INTERNAL_ERROR, "internal error", request_id=request_id)
 
     async def _answer_and_reply(self, stream: ByteStream, item: bytes | dict[str, Any]) -> dict[str, Any]:
         """Answer one request line (or send the answer a framing error already has) and write it;
@@ -383,7 +383,7 @@ class LineServer:
             line = orjson.dumps(response, option=orjson.OPT_NON_STR_KEYS)
         except TypeError:  # a value JSON cannot carry (an int beyond 64 bits): still one answer per line
             log.exception("answer not encodable", request_id=str(response.get("request_id"))[:128])
-            line = orjson.dumps(error_response("INTERNAL_ERROR", "the answer could not be encoded"))
+            line = orjson.dumps(error_response(ErrorCode.INTERNAL_ERROR, "the answer could not be encoded"))
         await stream.send(line + b"\n")
 
 

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import anyio
 import orjson
 
+from ctxplane.contracts.answers import ERROR_STATUSES, Status
 from ctxplane.runtime.exceptions import CtxplaneError, Interrupted, UsageError
 
 __all__ = ("main",)
@@ -124,7 +125,6 @@ def _request_once(settings: Any, request: dict[str, Any]) -> dict[str, Any]:
         return client.request(request)
 
 
-ERROR_STATUSES = frozenset({"ERROR", "INVALID_REQUEST", "UNAVAILABLE"})  # MISSING_* and CONFLICT are answers
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -235,7 +235,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
     by = args.by or operator_identity()
     answer = _request_once(settings, {"op": "health_ack", "by": by, "reason": args.reason,
                                       "deadline_ms": _operator_deadline_ms(settings)})
-    if answer.get("status") != "OK":
+    if answer.get("status") != Status.OK:
         print(f"ctxplane: acknowledgement refused: {answer.get('code')}: {answer.get('detail')}", file=sys.stderr)
         return 1
     if args.json:

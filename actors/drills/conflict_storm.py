@@ -34,6 +34,7 @@ from ctxplane.actors.drills.steps import (
     unexplained_ledger,
 )
 from ctxplane.config.settings import Settings
+from ctxplane.contracts.answers import Status
 from ctxplane.runtime.bus import EventBus
 from ctxplane.runtime.exceptions import CtxplaneError, UsageError
 
@@ -125,7 +126,7 @@ async def run_conflict_storm(settings: Settings, options: ConflictStormOptions) 
         "anchors_recorded": len(recorded["FLOW_BINDING_CONFLICT"] & anchors),
         "mismatches_recorded": len(recorded["INTAKE_PAYLOAD_HASH_MISMATCH"] & mismatched),
         "unexplained_ledger": len(unexplained),
-        "conflict_answers": sum(1 for a in answers if (a.response or {}).get("status") == "CONFLICT"),
+        "conflict_answers": sum(1 for a in answers if (a.response or {}).get("status") == Status.CONFLICT),
         "answers_sampled": len(answers),
         "answer_reasons": reason_counts(answers),
         "clean_events_per_s": round(len(workload.items) / clean_s, 1),

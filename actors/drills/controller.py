@@ -48,6 +48,7 @@ import structlog
 from ctxplane.actors.ingest.store_writer import RunWrite, WriteResult
 from ctxplane.actors.operate.checkpoint_audit import AuditEntry
 from ctxplane.config.settings import QuerySettings, secret_value
+from ctxplane.contracts.answers import ErrorCode, Status
 from ctxplane.contracts.timestamps import now_utc
 from ctxplane.runtime.endpoint import parse_listen
 from ctxplane.runtime.exceptions import (
@@ -163,26 +164,24 @@ class DrillGate:
     async def handle(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         request_id = request.get("request_id")
         if not self.enabled:
-            return error_response(
-                "DRILLS_DISABLED", "drills are disabled in this process (set drills.enabled: true in its config)",
+            return error_response(ErrorCode.DRILLS_DISABLED, "drills are disabled in this process (set drills.enabled: true in its config)",
                 request_id=request_id,
             )
         if not self.local_or_authenticated:
-            return error_response(
-                "FORBIDDEN", "drills are accepted only over a Unix socket, loopback TCP, or with the auth token",
+            return error_response(ErrorCode.FORBIDDEN, "drills are accepted only over a Unix socket, loopback TCP, or with the auth token",
                 request_id=request_id,
             )
         command = parse_drill_request(request)
         if isinstance(command, str):
-            return error_response("INVALID_REQUEST", command, request_id=request_id)
+            return error_response(ErrorCode.INVALID_REQUEST, command, request_id=request_id)
         if not self.controller_running:
-            return error_response("UNAVAILABLE", "the drill controller is not running (restarting?)",
+            return error_response(ErrorCode.UNAVAILABLE, "the drill controller is not running (restarting?)",
                                   request_id=request_id, retryable=True)
         try:
             answer = await self.controller.ask(command, timeout=max(_MIN_ASK_TIMEOUT_S, deadline_s * 0.9))
         except (AskTimeout, ActorUnavailable, ActorFailed) as exc:
-            return error_response("UNAVAILABLE", f"drill controller: {exc}", request_id=request_id, retryable=True)
-        return {"status": "OK", "request_id": request_id, "drill": answer}
+            return error_response(ErrorCode.UNAVAILABLE, f"drill controller: {exc}", request_id=request_id, retryable=True)
+        return {"status": Status.OK, "request_id": request_id, "drill": answer}
 
 
 class DrillController(Actor):

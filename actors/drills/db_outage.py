@@ -41,6 +41,7 @@ from ctxplane.actors.drills.steps import (
     unexplained_ledger,
 )
 from ctxplane.config.settings import Settings
+from ctxplane.contracts.answers import JOIN_MISSES, Status
 from ctxplane.runtime.exceptions import CtxplaneError, UsageError
 
 __all__ = ("DbOutageOptions", "OutageObservations", "judge_db_outage", "run_db_outage")
@@ -48,6 +49,9 @@ __all__ = ("DbOutageOptions", "OutageObservations", "judge_db_outage", "run_db_o
 # Scheduling slack allowed on top of a request's deadline (the client's clock includes the trip).
 _DEADLINE_SLACK_S = 0.25
 _MB = 1024 * 1024
+
+# Answers a join request may get (an outage must not turn them into anything else).
+_JOIN_ANSWERS = frozenset({Status.READY, *JOIN_MISSES, Status.CONFLICT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +247,8 @@ def judge_db_outage(
 ) -> list[Check]:
     """The db-outage verdict from its figures (pure)."""
     deadline_s = options.deadline_ms / 1000
-    not_ok = [a for a in outage if (a.response or {}).get("status") not in ("READY", "MISSING_BINDING", "MISSING_JOIN_FRAME", "CONFLICT")]
-    unavailable = [a for a in not_ok if a.response is not None and a.response.get("status") == "UNAVAILABLE"]
+    not_ok = [a for a in outage if (a.response or {}).get("status") not in _JOIN_ANSWERS]
+    unavailable = [a for a in not_ok if a.response is not None and a.response.get("status") == Status.UNAVAILABLE]
     late = [a for a in outage if a.seconds > deadline_s + _DEADLINE_SLACK_S]
     store_unavailable = sum(1 for a in unavailable if a.reason == "STORE_UNAVAILABLE")
     sent = figures["events_sent"]
@@ -262,7 +266,7 @@ def judge_db_outage(
               not figures["restarts"] and not figures["escalations"] and figures["same_process"],
               f"restarts {figures['restarts'] or 0}, escalations {figures['escalations'] or 0}"),
         Check("recovered without operator action", figures["time_to_recover_s"] is not None
-              and figures["ready_after_recovery"] == "READY",
+              and figures["ready_after_recovery"] == Status.READY,
               f"caught up {figures['time_to_recover_s']} s after restore; last flow {figures['ready_after_recovery']}"),
         Check("every event applied exactly once", figures["applied"] == sent and figures["dedupe_added"] == sent
               and figures["rejected"] == 0,

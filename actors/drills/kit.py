@@ -37,6 +37,7 @@ from ctxplane.actors.tables.checkpoints import checkpoints_program, move_count_p
 from ctxplane.actors.tables.dedupe import counter_totals_program, registry_size_program
 from ctxplane.actors.tables.ledger import event_reasons_program, reason_counts_program
 from ctxplane.config.settings import Settings, StoreSettings, secret_value
+from ctxplane.contracts.answers import Status
 from ctxplane.contracts.join import CheckpointRow
 from ctxplane.runtime.bus import EventBus, partition_key_for
 from ctxplane.runtime.client import AsyncClient, QueryEndpointUnavailable
@@ -300,7 +301,7 @@ class Endpoint:
         """A ``drill`` request; returns the controller's answer, or None when it could not be had."""
         answer = await self.request({"op": "drill", "action": action, "deadline_ms": deadline_ms, **fields})
         response = answer.response
-        if response is None or response.get("status") != "OK":
+        if response is None or response.get("status") != Status.OK:
             return None
         return response["drill"]  # type: ignore[no-any-return]
 

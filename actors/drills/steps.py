@@ -14,6 +14,7 @@ from typing import Any
 
 from ctxplane.actors.drills.kit import Check, Endpoint, StoreFigures, clean_pass_digests, read_figures, wait_caught_up
 from ctxplane.config.settings import Settings
+from ctxplane.contracts.answers import ErrorCode
 from ctxplane.runtime.bus import EventBus
 from ctxplane.runtime.client import QueryEndpointUnavailable
 from ctxplane.runtime.exceptions import CtxplaneError, UsageError
@@ -49,7 +50,7 @@ async def controller_status(endpoint: Endpoint, *, timeout_s: float = 30.0, firs
             await endpoint.probe()
         except QueryEndpointUnavailable as exc:
             raise CtxplaneError(f"{exc}: no `ctxplane run` serves it (start one with drills.enabled: true)") from None
-    if response is not None and response.get("code") in ("DRILLS_DISABLED", "FORBIDDEN"):
+    if response is not None and response.get("code") in (ErrorCode.DRILLS_DISABLED, ErrorCode.FORBIDDEN):
         raise UsageError(f"the running process refuses drills: {response.get('detail')}")
     status = await endpoint.drill_until("status", timeout_s=timeout_s)
     if status is None:

@@ -18,6 +18,7 @@ import structlog
 
 from ctxplane.actors.tables.reads import basis_program, join_snapshot_program
 from ctxplane.config.settings import QuerySettings
+from ctxplane.contracts.answers import JOIN_MISSES, RETRYABLE_FEATURE_CODES, ErrorCode, Status
 from ctxplane.contracts.join import (
     JOIN_OPS,
     JoinRequest,
@@ -50,14 +51,14 @@ def wait_budget_ms(deadline_s: float) -> int:
 def count_of(op: str, response: dict[str, Any]) -> str | None:
     """The health counter an answer adds to (join misses, missing features, snapshot failures)."""
     status = response.get("status")
-    if status in ("MISSING_BINDING", "MISSING_JOIN_FRAME"):
+    if status in JOIN_MISSES:
         return "join_misses"
     if op == "get_features":
-        if status == "OK":
+        if status == Status.OK:
             fresh = response["snapshot"]["freshness"]
             if fresh["missing_groups"] or fresh["missing_feature_keys"]:
                 return "missing_features"
-        elif response.get("code") in ("UNAVAILABLE", "MISSING_PROVENANCE"):
+        elif response.get("code") in RETRYABLE_FEATURE_CODES:
             return "snapshot_failures"
     return None
 
@@ -163,7 +164,7 @@ class QueryEngine:
         request_id = request.get("request_id")
         if not isinstance(op, str) or (handler := self._ops.get(op)) is None:
             known = ", ".join(sorted(self._ops))
-            return error_response("INVALID_REQUEST", f"unknown op {op!r}; known ops: {known}", request_id=request_id)
+            return error_response(ErrorCode.INVALID_REQUEST, f"unknown op {op!r}; known ops: {known}", request_id=request_id)
         deadline_ms = request.get("deadline_ms", self._settings.default_deadline_ms)
         if type(deadline_ms) is not int or deadline_ms <= 0:
             return self._failure(op, request, Reason.INVALID_REQUEST, "deadline_ms must be a positive integer", retryable=False)
@@ -214,10 +215,10 @@ class QueryEngine:
     def _failure(self, op: str, request: dict[str, Any], reason: Reason, detail: str, *, retryable: bool) -> dict[str, Any]:
         request_id = request.get("request_id")
         if op in JOIN_OPS:
-            status = "INVALID_REQUEST" if reason is Reason.INVALID_REQUEST else "UNAVAILABLE"
+            status = Status.INVALID_REQUEST if reason is Reason.INVALID_REQUEST else Status.UNAVAILABLE
             return {"request_id": request_id, "status": status, "reason_codes": [reason.value], "code": reason.value,
                     "detail": detail, "retryable": retryable, "pins": request.get("pins"), "resolved_at_utc": now_utc()}
-        code = {Reason.INVALID_REQUEST: "INVALID_REQUEST"}.get(reason, "UNAVAILABLE")
+        code = ErrorCode.INVALID_REQUEST if reason is Reason.INVALID_REQUEST else ErrorCode.UNAVAILABLE
         return {**error_response(code, detail, request_id=request_id, retryable=retryable), "reason": reason.value}
 
     def _forwarded(self, op: str) -> OpHandler:
@@ -242,7 +243,7 @@ class QueryEngine:
             seen = self.commits_seen
             snap = await self.store.read(join_snapshot_program(parsed, scope=self._scope))
             answer = answer_join(parsed, snap, resolved_at=now_utc(), required_roles=self._required_roles)
-            status_ready = answer["status"] not in ("MISSING_BINDING", "MISSING_JOIN_FRAME")
+            status_ready = answer["status"] not in JOIN_MISSES
             remaining = until - anyio.current_time()
             if status_ready or remaining <= 0 or peer_gone():
                 if not status_ready:
@@ -260,10 +261,10 @@ class QueryEngine:
     async def _basis(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         plane = request.get("plane")
         if plane not in (None, "join", "features"):
-            return error_response("INVALID_REQUEST", "plane must be join or features", request_id=request.get("request_id"))
+            return error_response(ErrorCode.INVALID_REQUEST, "plane must be join or features", request_id=request.get("request_id"))
         planes = (plane,) if plane else ("join", "features")
         bases = await self.store.read(basis_program(self._scope, planes))
-        return {"status": "OK", "request_id": request.get("request_id"), "served_at_utc": now_utc(), "planes": bases}
+        return {"status": Status.OK, "request_id": request.get("request_id"), "served_at_utc": now_utc(), "planes": bases}
 
     async def _get_features(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         return await self._features.answer(self, request, deadline_s)  # type: ignore[no-any-return]

@@ -26,6 +26,7 @@ from ctxplane.actors.tables.features import (
 from ctxplane.actors.tables.join import run_pins_program
 from ctxplane.actors.tables.reads import plane_stream
 from ctxplane.config.settings import Settings
+from ctxplane.contracts.answers import ErrorCode, Status
 from ctxplane.contracts.features import (
     Agg,
     FeaturePolicy,
@@ -129,7 +130,7 @@ class FeaturePlane:
             code, detail = parsed
             return feature_error(code, detail, request.get("request_id"), served_at=now_utc())
         if parsed.graph_resolution_mode == "require_ieg":
-            return feature_error("UNAVAILABLE", "require_ieg: no identity graph is configured for this plane",
+            return feature_error(ErrorCode.UNAVAILABLE, "require_ieg: no identity graph is configured for this plane",
                                  parsed.request_id, served_at=now_utc())
         until = anyio.current_time() + parsed.wait_ms / 1000
         while True:
@@ -138,7 +139,7 @@ class FeaturePlane:
             refusal = pins_refusal(parsed, read.stored_pins)
             if refusal is not None:
                 # Fail closed, no values: stored pins never change, so waiting cannot help.
-                return feature_error("PINS_MISMATCH", refusal, parsed.request_id, served_at=now_utc())
+                return feature_error(ErrorCode.PINS_MISMATCH, refusal, parsed.request_id, served_at=now_utc())
             watermark = read.basis["watermark_ts_utc"]
             if (watermark is not None and watermark >= parsed.as_of_time_utc) or anyio.current_time() >= until \
                     or peer_gone():
@@ -147,7 +148,7 @@ class FeaturePlane:
                 await query.wait_for_commit(since=seen)
         snapshot = build_snapshot(self.policy, parsed, read, run_config_digest=self.run_config_digest,
                                   offset_kind=self.offset_kind)
-        return {"status": "OK", "request_id": parsed.request_id, "served_at_utc": now_utc(), "snapshot": snapshot}
+        return {"status": Status.OK, "request_id": parsed.request_id, "served_at_utc": now_utc(), "snapshot": snapshot}
 
 
 def _disjoint(ranges: list[tuple[int, int]], *, touching: int) -> list[tuple[int, int]]:

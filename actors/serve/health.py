@@ -32,6 +32,7 @@ from anyio.abc import TaskStatus
 
 from ctxplane.actors.tables.ledger import reason_counts_program, recent_failures_program
 from ctxplane.actors.tables.reads import basis_program
+from ctxplane.contracts.answers import ErrorCode, Status
 from ctxplane.contracts.health import (
     CounterWindow,
     HealthPolicy,
@@ -335,16 +336,16 @@ class HealthAckGate:
     async def handle(self, request: dict[str, Any], deadline_s: float) -> dict[str, Any]:
         request_id = request.get("request_id")
         if not self._allowed:
-            return error_response("FORBIDDEN", "health_ack is accepted only over a Unix socket, loopback TCP,"
+            return error_response(ErrorCode.FORBIDDEN, "health_ack is accepted only over a Unix socket, loopback TCP,"
                                   " or with the auth token", request_id=request_id)
         parsed = parse_ack_request(request)
         if isinstance(parsed, str):
-            return error_response("INVALID_REQUEST", parsed, request_id=request_id)
+            return error_response(ErrorCode.INVALID_REQUEST, parsed, request_id=request_id)
         try:
             # The health actor replies to an ("ack", by, reason) ask with HealthActor.acknowledge's dict.
             answer = cast(dict[str, Any], await self._health.ask(("ack", *parsed), timeout=max(0.05, deadline_s * 0.9)))
         except (AskTimeout, ActorUnavailable, ActorFailed) as exc:
-            return error_response("UNAVAILABLE", f"health actor: {exc}", request_id=request_id, retryable=True)
+            return error_response(ErrorCode.UNAVAILABLE, f"health actor: {exc}", request_id=request_id, retryable=True)
         if "error" in answer:
-            return error_response("UNAVAILABLE", answer["error"], request_id=request_id, retryable=False)
-        return {"status": "OK", "request_id": request_id, **answer}
+            return error_response(ErrorCode.UNAVAILABLE, answer["error"], request_id=request_id, retryable=False)
+        return {"status": Status.OK, "request_id": request_id, **answer}

@@ -39,6 +39,7 @@ from anyio.abc import Process, TaskStatus
 from ctxplane.actors.serve.engine import OpHandler
 from ctxplane.actors.serve.worker import WorkerSpec
 from ctxplane.config.settings import REVEAL_SECRETS, LoggingSettings, QuerySettings, StoreSettings
+from ctxplane.contracts.answers import Status
 from ctxplane.contracts.messages import Committed
 from ctxplane.runtime.channel import Channel, channel_pair
 from ctxplane.runtime.endpoint import parse_listen
@@ -348,9 +349,9 @@ class QueryActor(Actor):
         try:
             report = await self._health.ask("report", timeout=max(0.05, deadline_s * 0.8))
         except (AskTimeout, ActorUnavailable) as exc:
-            return {"status": "OK", "request_id": request.get("request_id"),
+            return {"status": Status.OK, "request_id": request.get("request_id"),
                     "health": {"state": "RED", "reasons": ["HEALTH_UNAVAILABLE"], "detail": str(exc)}}
-        return {"status": "OK", "request_id": request.get("request_id"), "health": report}
+        return {"status": Status.OK, "request_id": request.get("request_id"), "health": report}
 
 
 def _start_error(hello: dict[str, Any]) -> CtxplaneError:

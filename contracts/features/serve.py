@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ctxplane.contracts.answers import RETRYABLE_FEATURE_CODES, ErrorCode, Status
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.envelope import pins_mismatch, pins_problem
 from ctxplane.contracts.features.aggregate import Agg, present
@@ -58,17 +59,17 @@ class FeaturesRead:
     stored_pins: tuple[Mapping[str, Any], ...] = ()
 
 
-def feature_error(code: str, detail: str, request_id: Any, *, served_at: str) -> dict[str, Any]:
-    retryable = code in ("UNAVAILABLE", "MISSING_PROVENANCE")
-    return {"status": "ERROR", "code": code, "retryable": retryable, "detail": detail[:2048],
+def feature_error(code: ErrorCode, detail: str, request_id: Any, *, served_at: str) -> dict[str, Any]:
+    retryable = code in RETRYABLE_FEATURE_CODES
+    return {"status": Status.ERROR, "code": code, "retryable": retryable, "detail": detail[:2048],
             "request_id": request_id, "served_at_utc": served_at}
 
 
-def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> FeatureRequest | tuple[str, str]:
+def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> FeatureRequest | tuple[ErrorCode, str]:
     """Validate a ``get_features`` request; returns the request or ``(code, detail)``."""
     request_id = request.get("request_id")
     if request_id is not None and (not isinstance(request_id, str) or not 0 < len(request_id) <= 128):
-        return "INVALID_REQUEST", "request_id must be a string of 1..128 characters"
+        return ErrorCode.INVALID_REQUEST, "request_id must be a string of 1..128 characters"
     pins = request.get("pins")
     problem = pins_problem(pins)
     if problem is not None:
@@ -76,46 +77,46 @@ def parse_feature_request(request: Mapping[str, Any], *, max_wait_ms: int) -> Fe
     assert isinstance(pins, dict)
     as_of = request.get("as_of_time_utc")
     if as_of is None:
-        return "INVALID_REQUEST", "as_of_time_utc is required"
+        return ErrorCode.INVALID_REQUEST, "as_of_time_utc is required"
     try:
         # Any RFC 3339 instant; the request carries on (and the answer shows) the canonical form.
         as_of_us = parse_instant_us(as_of)
     except ValueError as exc:
-        return "INVALID_REQUEST", f"as_of_time_utc: {exc}"
+        return ErrorCode.INVALID_REQUEST, f"as_of_time_utc: {exc}"
     as_of = format_ts_us(as_of_us)
     raw_keys = request.get("feature_keys")
     if not isinstance(raw_keys, list) or not 0 < len(raw_keys) <= _MAX_KEYS:
-        return "INVALID_REQUEST", f"feature_keys must be a list of 1..{_MAX_KEYS} {{key_type, key_id}} objects"
+        return ErrorCode.INVALID_REQUEST, f"feature_keys must be a list of 1..{_MAX_KEYS} {{key_type, key_id}} objects"
     keys: list[tuple[str, str]] = []
     for i, key in enumerate(raw_keys):
         if not isinstance(key, dict) or set(key) != {"key_type", "key_id"}:
-            return "INVALID_REQUEST", f"feature_keys[{i}] must be an object with key_type and key_id"
+            return ErrorCode.INVALID_REQUEST, f"feature_keys[{i}] must be an object with key_type and key_id"
         key_type, key_id = key["key_type"], key["key_id"]
         if type(key_id) is int:
             key_id = str(key_id)
         if not is_sql_text(key_type, 64):
-            return "INVALID_REQUEST", f"feature_keys[{i}].key_type must be a string of 1..64 characters (no U+0000)"
+            return ErrorCode.INVALID_REQUEST, f"feature_keys[{i}].key_type must be a string of 1..64 characters (no U+0000)"
         if not is_sql_text(key_id, 256):
-            return "INVALID_REQUEST", f"feature_keys[{i}].key_id must be a string of 1..256 characters (no U+0000)"
+            return ErrorCode.INVALID_REQUEST, f"feature_keys[{i}].key_id must be a string of 1..256 characters (no U+0000)"
         if (key_type, key_id) not in keys:
             keys.append((key_type, key_id))
     raw_groups = request.get("feature_groups")
     if not isinstance(raw_groups, list) or not 0 < len(raw_groups) <= _MAX_GROUPS:
-        return "INVALID_REQUEST", f"feature_groups must be a list of 1..{_MAX_GROUPS} {{name, version}} objects"
+        return ErrorCode.INVALID_REQUEST, f"feature_groups must be a list of 1..{_MAX_GROUPS} {{name, version}} objects"
     groups: set[tuple[str, str]] = set()
     for i, group in enumerate(raw_groups):
         if not isinstance(group, dict) or set(group) != {"name", "version"}:
-            return "INVALID_REQUEST", f"feature_groups[{i}] must be an object with name and version"
+            return ErrorCode.INVALID_REQUEST, f"feature_groups[{i}] must be an object with name and version"
         name, version = group["name"], group["version"]
         if not isinstance(name, str) or not 0 < len(name) <= 128 or not isinstance(version, str) or not 0 < len(version) <= 64:
-            return "INVALID_REQUEST", f"feature_groups[{i}]: name (1..128) and version (1..64) must be strings"
+            return ErrorCode.INVALID_REQUEST, f"feature_groups[{i}]: name (1..128) and version (1..64) must be strings"
         groups.add((name, version))
     mode = request.get("graph_resolution_mode", "resolve_if_needed")
     if mode not in GRAPH_MODES:
-        return "INVALID_REQUEST", f"graph_resolution_mode must be one of {', '.join(GRAPH_MODES)}"
+        return ErrorCode.INVALID_REQUEST, f"graph_resolution_mode must be one of {', '.join(GRAPH_MODES)}"
     wait_ms = request.get("wait_ms", 0)
     if type(wait_ms) is not int or wait_ms < 0:
-        return "INVALID_REQUEST", "wait_ms must be a non-negative integer"
+        return ErrorCode.INVALID_REQUEST, "wait_ms must be a non-negative integer"
     return FeatureRequest(request_id, dict(pins), as_of, as_of_us, tuple(keys), tuple(sorted(groups)), mode,
                           min(wait_ms, max_wait_ms))
 
