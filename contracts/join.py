@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ctxplane.contracts.answers import Status
+from ctxplane.contracts.answers import JOIN_MISSES, Status
 from ctxplane.contracts.canonical import digest
 from ctxplane.contracts.classes import Role
 from ctxplane.contracts.envelope import pins_error, pins_mismatch, pins_problem
@@ -273,7 +273,7 @@ def answer_join(
     def done(status: Status, reason: Reason) -> dict[str, Any]:
         response["status"] = status
         response["reason_codes"] = [reason.value]
-        if status.startswith("MISSING") and lag is not None:
+        if status in JOIN_MISSES and lag is not None:
             response["lag"] = dict(lag)
         return response
 
